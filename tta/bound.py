@@ -1,0 +1,404 @@
+r"""The terms of the task-transfer bound, one pure-torch function each.
+
+Notation (DESIGN §1): a frozen encoder gives features :math:`z \in \mathbb{R}^d`. The reference
+(source) task has :math:`K_S` classes and a linear classifier :math:`h_S(z) = \mathrm{softmax}(Wz + c)`;
+the target task has :math:`K_T` classes and prior :math:`p_T`. The reference task is transformed by a
+class prior :math:`D \in \Delta^{K_S}`, a column-stochastic label map :math:`B \in \mathbb{R}^{K_T \times
+K_S}` (:math:`B_{ts} = P(t \mid s)`) and an invertible affine map :math:`z \mapsto Az + b`. The
+transformed classifier is
+
+.. math:: h'''(z) = B\,\mathrm{softmax}\big(W A^{-1}(z - b) + c\big),
+
+and for every such transform [1]_
+
+.. math::
+    \mathbb{E}_{T}\,\ell(h'''(z), y) \le \sum_s D_s \bar L_s + H(Y_T \mid Y_S)
+    + \hat\tau \, W_1(P_{S'''}, P_T),
+
+where :math:`\bar L_s` is the mean reference loss of class :math:`s`, :math:`H(Y_T|Y_S) = -\sum_s D_s
+\sum_t B_{ts}\log B_{ts}` and :math:`\hat\tau` is the Lipschitz constant of :math:`\ell(h'''(z), y)` in
+:math:`z`.
+
+Nothing here knows about Lightning, files or devices.
+
+References:
+    .. [1] A. Mehra, Y. Zhang, J. Hamm. "Understanding the Transferability of Representations via
+       Task-Relatedness". NeurIPS 2024 (arXiv:2307.00823).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BoundTerms",
+    "assemble_bound",
+    "bound_terms",
+    "class_counts",
+    "class_mean_losses",
+    "conditional_entropy",
+    "global_lipschitz_bound",
+    "gradient_norms",
+    "importance_weighted_loss",
+    "inverse_penalty",
+    "label_prior",
+    "lipschitz_constant",
+    "prior_matching_penalty",
+    "transformed_log_probs",
+    "transformed_source_loss",
+    "weighted_source_loss",
+]
+
+
+def class_counts(labels: Tensor, num_classes: int) -> Tensor:
+    """Number of samples of each class.
+
+    Args:
+        labels: Integer class ids, shape ``(n,)``.
+        num_classes: Number of classes ``K``.
+
+    Returns:
+        Counts, shape ``(K,)``, int64.
+    """
+    return torch.bincount(labels.long(), minlength=num_classes)[:num_classes]
+
+
+def label_prior(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""Empirical class prior :math:`\\hat p(k) = n_k / n`, shape ``(K,)``."""
+    counts = class_counts(labels, num_classes).to(dtype)
+    return counts / counts.sum()
+
+
+def class_mean_losses(losses: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    r"""Mean loss of each class, :math:`\bar L_s = \frac{1}{n_s}\sum_{i: s_i = s} \ell_i`.
+
+    Args:
+        losses: Per-sample losses, shape ``(n,)``.
+        labels: Class ids, shape ``(n,)``.
+        num_classes: Number of classes ``K``.
+
+    Returns:
+        Shape ``(K,)``.
+
+    Raises:
+        ValueError: If a class has no sample (its mean loss is undefined).
+    """
+    counts = class_counts(labels, num_classes)
+    if bool((counts == 0).any()):
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(
+            f"classes {empty} have no samples, so their mean loss is undefined; "
+            "give every class at least one sample or drop the empty classes from the task"
+        )
+    sums = torch.zeros(num_classes, dtype=losses.dtype, device=losses.device)
+    sums = sums.index_add(0, labels.long(), losses)
+    return sums / counts.to(losses.dtype)
+
+
+def weighted_source_loss(prior: Tensor, class_losses: Tensor) -> Tensor:
+    r"""Term 1 of the bound: the reference loss re-weighted by the class prior :math:`D`.
+
+    .. math:: \mathbb{E}_{S'}[\ell] = \sum_{s=1}^{K_S} D_s \, \bar L_s
+
+    Args:
+        prior: Class prior ``D`` on the simplex, shape ``(K_S,)``.
+        class_losses: Mean reference loss per class, shape ``(K_S,)``.
+
+    Returns:
+        Scalar.
+    """
+    return (prior * class_losses).sum()
+
+
+def importance_weighted_loss(losses: Tensor, labels: Tensor, prior: Tensor) -> Tensor:
+    r"""Sample form of term 1, by importance weighting with the empirical prior :math:`\hat p_S`.
+
+    .. math:: \frac{1}{n}\sum_i \frac{D_{s_i}}{\hat p_S(s_i)}\,\ell_i = \sum_s D_s \bar L_s
+
+    The identity with :func:`weighted_source_loss` holds exactly on any sample in which every class
+    occurs (it is tested).
+
+    Args:
+        losses: Per-sample losses, shape ``(n,)``.
+        labels: Class ids, shape ``(n,)``.
+        prior: Target class prior ``D``, shape ``(K_S,)``.
+
+    Returns:
+        Scalar.
+    """
+    p_hat = label_prior(labels, prior.numel(), dtype=losses.dtype)
+    weights = prior.to(losses.dtype)[labels] / p_hat[labels]
+    return (weights * losses).mean()
+
+
+def conditional_entropy(label_map: Tensor, prior: Tensor) -> Tensor:
+    r"""Term 2 of the bound: the conditional entropy of target labels given reference labels.
+
+    .. math:: H(Y_T \mid Y_S) = -\sum_{s} D_s \sum_{t} B_{ts} \log B_{ts}
+
+    Zero if and only if every column of :math:`B` is one-hot (with :math:`0 \log 0 = 0`).
+
+    Args:
+        label_map: Column-stochastic ``B``, shape ``(K_T, K_S)``.
+        prior: Class prior ``D``, shape ``(K_S,)``.
+
+    Returns:
+        Scalar, in nats.
+    """
+    column_entropy = -torch.special.xlogy(label_map, label_map).sum(dim=0)  # (K_S,)
+    return (prior * column_entropy).sum()
+
+
+def transformed_log_probs(
+    z: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    log_label_map: Tensor,
+    inverse: Tensor | None = None,
+    shift: Tensor | None = None,
+) -> Tensor:
+    r"""Log-probabilities of the transformed classifier :math:`h'''`, computed stably.
+
+    .. math::
+        \log h'''_t(z) = \log \sum_s \exp\big(\log B_{ts}
+        + \log\mathrm{softmax}_s(W \bar A (z - b) + c)\big)
+
+    Args:
+        z: Features, shape ``(n, d)``.
+        weight: Reference classifier weight ``W``, shape ``(K_S, d)``.
+        bias: Reference classifier bias ``c``, shape ``(K_S,)``.
+        log_label_map: :math:`\log B` (finite: use ``log_softmax`` of logits), shape ``(K_T, K_S)``.
+        inverse: :math:`\bar A \approx A^{-1}`, shape ``(d, d)``; ``None`` for the identity.
+        shift: ``b``, shape ``(d,)``; ``None`` for zero.
+
+    Returns:
+        Shape ``(n, K_T)``; rows are log-probability vectors.
+    """
+    u = z if shift is None else z - shift
+    log_p = torch.log_softmax(u @ _logit_map(weight, inverse).T + bias, dim=-1)  # (n, K_S)
+    return torch.logsumexp(log_label_map.unsqueeze(0) + log_p.unsqueeze(1), dim=-1)  # (n, K_T)
+
+
+def transformed_source_loss(log_probs: Tensor, labels: Tensor, prior: Tensor, label_map: Tensor) -> Tensor:
+    r"""Expected loss of :math:`h'''` on the transformed reference distribution.
+
+    Each reference sample of class :math:`s` becomes a sample of class :math:`t` with probability
+    :math:`B_{ts}`, and class :math:`s` is re-weighted to :math:`D_s`:
+
+    .. math:: \mathbb{E}_{S'''}[\ell] = \sum_s D_s \sum_t B_{ts}\,
+              \frac{1}{n_s}\sum_{i: s_i = s} -\log h'''_t(A z_i + b)
+
+    By the label lemma this is at most :func:`weighted_source_loss` + :func:`conditional_entropy`.
+
+    Args:
+        log_probs: :math:`\log h'''` at the transformed reference points, shape ``(n, K_T)``.
+        labels: Reference class ids, shape ``(n,)``.
+        prior: ``D``, shape ``(K_S,)``.
+        label_map: ``B``, shape ``(K_T, K_S)``.
+
+    Returns:
+        Scalar.
+    """
+    per_sample = -(label_map.T[labels] * log_probs).sum(dim=-1)  # (n,)
+    return weighted_source_loss(prior, class_mean_losses(per_sample, labels, prior.numel()))
+
+
+def _logit_map(weight: Tensor, inverse: Tensor | None) -> Tensor:
+    r"""The linear map :math:`W\bar A` from features to logits, shape ``(K_S, d)``."""
+    return weight if inverse is None else weight @ inverse
+
+
+def _softmax_jacobian_gram(
+    z: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    log_label_map: Tensor,
+    inverse: Tensor | None,
+    shift: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    m = _logit_map(weight, inverse)  # (K_S, d); cheaper than mapping the points by the (d, d) inverse
+    u = z if shift is None else z - shift
+    log_p = torch.log_softmax(u @ m.T + bias, dim=-1)  # (n, K_S)
+    joint = log_label_map.unsqueeze(0) + log_p.unsqueeze(1)  # (n, K_T, K_S)
+    posterior = torch.softmax(joint, dim=-1)  # r_ts = B_ts p_s / q_t
+    diff = posterior - log_p.exp().unsqueeze(1)  # (n, K_T, K_S): d(-log q_t)/d logits = p - r_t
+    return diff, m @ m.T  # gram (K_S, K_S)
+
+
+def gradient_norms(
+    z: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    log_label_map: Tensor,
+    inverse: Tensor | None = None,
+    shift: Tensor | None = None,
+    labels: Tensor | None = None,
+    chunk_size: int = 4096,
+) -> Tensor:
+    r"""Norms of :math:`\nabla_z \ell(h'''(z), t)` in closed form, through the whole transformed classifier.
+
+    With :math:`p = \mathrm{softmax}(W\bar A(z-b)+c)` and posterior :math:`r_{ts} = B_{ts}p_s / h'''_t`,
+
+    .. math:: \nabla_z\big(-\log h'''_t(z)\big) = \bar A^\top W^\top (p - r_t),
+
+    so :math:`\|\nabla_z\|^2 = (p - r_t)^\top (W\bar A)(W\bar A)^\top (p - r_t)`. Differentiable with
+    respect to every parameter (no double back-propagation is needed).
+
+    Args:
+        z: Points, shape ``(n, d)``.
+        weight: ``W``, shape ``(K_S, d)``.
+        bias: ``c``, shape ``(K_S,)``.
+        log_label_map: :math:`\log B`, shape ``(K_T, K_S)``.
+        inverse: :math:`\bar A`; ``None`` for the identity. Pass ``None`` (and un-mapped points) to measure
+            the gradient with respect to the classifier input instead of the feature (the authors' variant).
+        shift: ``b``; ``None`` for zero.
+        labels: Class ids ``(n,)``: the norm for that label only. ``None``: every label, shape ``(n, K_T)``.
+        chunk_size: Points per chunk, to bound memory at ``chunk_size · K_T · K_S`` numbers.
+
+    Returns:
+        Shape ``(n,)`` if ``labels`` is given, else ``(n, K_T)``.
+    """
+    out = []
+    for start in range(0, z.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        diff, gram = _softmax_jacobian_gram(z[sl], weight, bias, log_label_map, inverse, shift)
+        if labels is not None:
+            diff = diff[torch.arange(diff.shape[0], device=diff.device), labels[sl].long()]  # (c, K_S)
+            sq = ((diff @ gram) * diff).sum(-1)
+        else:
+            sq = torch.einsum("nts,sk,ntk->nt", diff, gram, diff)
+        out.append(sq.clamp_min(0).sqrt())
+    return torch.cat(out)
+
+
+def lipschitz_constant(
+    points: list[Tensor] | Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    log_label_map: Tensor,
+    inverse: Tensor | None = None,
+    shift: Tensor | None = None,
+) -> Tensor:
+    r"""Empirical Lipschitz constant :math:`\hat\tau` of :math:`z \mapsto \ell(h'''(z), t)`.
+
+    .. math:: \hat\tau = \max_{i,\,t} \|\nabla_z \ell(h'''(z_i), t)\|
+
+    The maximum runs over the given points (the transformed reference points and the target points
+    of a batch or split) and over every target label, since the transport pairs each point with any
+    label. Differentiable (the gradient flows to the arg-max point).
+
+    Args:
+        points: One ``(n, d)`` tensor or a list of them.
+        weight: ``W``, shape ``(K_S, d)``.
+        bias: ``c``, shape ``(K_S,)``.
+        log_label_map: :math:`\log B`, shape ``(K_T, K_S)``.
+        inverse: :math:`\bar A` or the exact :math:`A^{-1}`; ``None`` for the identity.
+        shift: ``b``.
+
+    Returns:
+        Scalar.
+    """
+    if isinstance(points, Tensor):
+        points = [points]
+    maxima = [
+        gradient_norms(p, weight, bias, log_label_map, inverse, shift).max() for p in points if p.numel()
+    ]
+    return torch.stack(maxima).max()
+
+
+def global_lipschitz_bound(weight: Tensor, inverse: Tensor | None = None) -> Tensor:
+    r"""A certified, data-free upper bound on :math:`\hat\tau`.
+
+    Since :math:`p` and :math:`r_t` both lie on the simplex, :math:`\|p - r_t\|_2 \le \sqrt 2`, hence
+
+    .. math:: \|\nabla_z \ell\| \le \sqrt{2}\,\|W \bar A\|_2 .
+
+    Args:
+        weight: ``W``, shape ``(K_S, d)``.
+        inverse: :math:`\bar A` or :math:`A^{-1}`; ``None`` for the identity.
+
+    Returns:
+        Scalar.
+    """
+    return math.sqrt(2.0) * torch.linalg.matrix_norm(_logit_map(weight, inverse), ord=2)
+
+
+def prior_matching_penalty(target_prior: Tensor, label_map: Tensor, prior: Tensor) -> Tensor:
+    r"""Squared mismatch between the target prior and the transformed label marginal.
+
+    .. math:: \|p_T - B D\|_2^2
+    """
+    return ((target_prior - label_map @ prior) ** 2).sum()
+
+
+def inverse_penalty(
+    matrix: Tensor, inverse: Tensor, probes: int = 0, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""How far :math:`\bar A` is from :math:`A^{-1}`.
+
+    .. math:: \|A\bar A - I\|_F^2 + \|\bar A A - I\|_F^2
+
+    The exact value costs four :math:`d \times d` matrix products (with its gradient about
+    :math:`12 d^3` flops: 25 GFLOP at :math:`d = 1280`). With ``probes = k > 0`` it is replaced by
+    Hutchinson's unbiased estimate :math:`\frac{1}{k}\sum_j \|(A\bar A - I)v_j\|^2 +
+    \|(\bar A A - I)v_j\|^2` over ``k`` standard Gaussian probes (:math:`\mathbb{E}[vv^\top] = I`),
+    which costs :math:`O(d^2 k)`; its gradient is unbiased too.
+
+    Args:
+        matrix: ``A``, shape ``(d, d)``.
+        inverse: :math:`\bar A`, shape ``(d, d)``.
+        probes: Number of random probes; ``0`` computes the exact value.
+        generator: Random generator of the probes.
+
+    Returns:
+        Scalar.
+    """
+    d = matrix.shape[0]
+    if probes <= 0:
+        eye = torch.eye(d, dtype=matrix.dtype, device=matrix.device)
+        return ((matrix @ inverse - eye) ** 2).sum() + ((inverse @ matrix - eye) ** 2).sum()
+    v = torch.randn(d, probes, generator=generator, dtype=matrix.dtype).to(matrix.device)  # E[v v^T] = I
+    left = matrix @ (inverse @ v) - v
+    right = inverse @ (matrix @ v) - v
+    return ((left**2).sum() + (right**2).sum()) / probes
+
+
+@dataclass
+class BoundTerms:
+    r"""The bound and its three terms (floats, nats).
+
+    Attributes:
+        weighted_source_loss: Term 1, :math:`\\sum_s D_s \\bar L_s`.
+        conditional_entropy: Term 2, :math:`H(Y_T \\mid Y_S)`.
+        tau: Lipschitz constant :math:`\\hat\\tau`.
+        w1: Wasserstein distance :math:`W_1(P_{S'''}, P_T)`.
+        tau_w1: Term 3, :math:`\\hat\\tau W_1`.
+        bound: The sum of the three terms.
+    """
+
+    weighted_source_loss: float
+    conditional_entropy: float
+    tau: float
+    w1: float
+    tau_w1: float
+    bound: float
+
+    def to_dict(self) -> dict[str, float]:
+        """The terms as a plain dict."""
+        return asdict(self)
+
+
+def assemble_bound(weighted_loss: Tensor, entropy: Tensor, tau: Tensor, w1: Tensor) -> Tensor:
+    r"""The bound, :math:`\sum_s D_s \bar L_s + H(Y_T|Y_S) + \hat\tau W_1` (differentiable)."""
+    return weighted_loss + entropy + tau * w1
+
+
+def bound_terms(weighted_loss: Tensor, entropy: Tensor, tau: Tensor, w1: Tensor) -> BoundTerms:
+    """The bound and its terms as floats (for reporting)."""
+    values = [float(v.detach()) for v in (weighted_loss, entropy, tau, w1)]
+    tau_w1 = values[2] * values[3]
+    return BoundTerms(values[0], values[1], values[2], values[3], tau_w1, values[0] + values[1] + tau_w1)

@@ -1,0 +1,298 @@
+r"""Debiased Sinkhorn divergence for the cost ‖x − y‖₂ (GeomLoss), with a blur relative to the data.
+
+GeomLoss's ``SamplesLoss(loss="sinkhorn", p=1)`` uses the ground cost :math:`C(x, y) = \|x - y\|_2`
+(for ``p=2`` it would be :math:`\tfrac12\|x - y\|_2^2`, so our W₁ is *not* GeomLoss's default) and the
+temperature :math:`\varepsilon = \text{blur}^p = \text{blur}`. With ``debias=True`` it returns the
+Sinkhorn divergence [1]_
+
+.. math::
+    S_\varepsilon(\alpha, \beta) = \mathrm{OT}_\varepsilon(\alpha, \beta)
+    - \tfrac12 \mathrm{OT}_\varepsilon(\alpha, \alpha) - \tfrac12 \mathrm{OT}_\varepsilon(\beta, \beta),
+
+which tends to :math:`W_1` as :math:`\varepsilon \to 0` and whose gradient w.r.t. points and weights
+is exact for :math:`S_\varepsilon` (envelope theorem on the last iteration).
+
+References:
+    .. [1] J. Feydy, T. Séjourné, F.-X. Vialard, S. Amari, A. Trouvé, G. Peyré. Interpolating between
+       Optimal Transport and MMD using Sinkhorn Divergences. AISTATS 2019.
+    .. [2] J. Feydy. Geometric data analysis, beyond convolutions. PhD thesis, 2020 (ε-scaling).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from tta.distances.base import (
+    DistanceEstimator,
+    SoftLabels,
+    _is_one_hot,
+    _label_distances,
+    feature_diameter,
+    label_marginals,
+)
+from tta.plugins import DISTANCES
+
+__all__ = ["SinkhornDistance", "data_scale"]
+
+Backend = Literal["tensorized", "online", "auto"]
+
+
+def data_scale(x: Tensor, y: Tensor, a: Tensor | None = None, b: Tensor | None = None) -> float:
+    r"""Typical distance between two points of the pooled cloud, the unit of the relative blur.
+
+    With the pooled measure :math:`\rho = \tfrac12(\alpha + \beta)` (weights normalised to 1 on each
+    side) and its mean :math:`\bar z`,
+
+    .. math::
+        s = \sqrt{2 \, \mathbb E_{z \sim \rho} \|z - \bar z\|^2}
+          = \sqrt{\mathbb E_{z, z' \sim \rho} \|z - z'\|^2},
+
+    the root-mean-square distance between two independent draws (about :math:`\sqrt{2d}` for
+    standardised features in dimension :math:`d`). Computed without gradient.
+
+    Args:
+        x: Points, shape ``(n, d)``.
+        y: Points, shape ``(m, d)``.
+        a: Nonnegative weights of ``x``, shape ``(n,)``; ``None`` means uniform.
+        b: Nonnegative weights of ``y``, shape ``(m,)``; ``None`` means uniform.
+
+    Returns:
+        :math:`s` as a float.
+    """
+    with torch.no_grad():
+        z = torch.cat([x.detach(), y.detach()]).double()  # (n + m, d)
+        n, m = x.shape[0], y.shape[0]
+        wa = (
+            torch.full((n,), 1.0 / n, dtype=torch.float64, device=z.device)
+            if a is None
+            else a.detach().double()
+        )
+        wb = (
+            torch.full((m,), 1.0 / m, dtype=torch.float64, device=z.device)
+            if b is None
+            else b.detach().double()
+        )
+        w = torch.cat([wa / wa.sum(), wb / wb.sum()]) / 2  # (n + m,)
+        mean = w @ z  # (d,)
+        return float(torch.sqrt(2 * (w * (z - mean).pow(2).sum(dim=1)).sum()))
+
+
+class _SumCost:
+    """Tensorized GeomLoss cost on ``[features, labels]``: ``‖x − y‖₂ + λ‖l − l'‖₂`` (batched)."""
+
+    def __init__(self, dim: int, label_cost: float) -> None:
+        self.dim = dim
+        self.label_cost = label_cost
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        fx, fy = x[..., : self.dim], y[..., : self.dim]  # (B, N, d), (B, M, d)
+        sq = (fx * fx).sum(-1)[..., :, None] + (fy * fy).sum(-1)[..., None, :] - 2 * fx @ fy.transpose(-1, -2)
+        feat = sq.clamp_min(1e-8).sqrt()  # (B, N, M), as GeomLoss's p=1 cost
+        return feat + self.label_cost * _label_distances(x[..., self.dim :], y[..., self.dim :])  # (B, N, M)
+
+
+def _label_diameter(x_labels: Tensor, y_labels: Tensor) -> float:
+    """Upper bound on ‖l − l'‖₂: the bounding-box diagonal, capped at √2 for probability vectors."""
+    diameter = feature_diameter(x_labels, y_labels)
+    with torch.no_grad():
+        rows = torch.cat([x_labels.detach(), y_labels.detach()]).double()  # (n + m, K)
+        on_simplex = bool((rows >= 0).all()) and float((rows.sum(1) - 1).abs().max()) <= 1e-4
+    return min(diameter, math.sqrt(2.0)) if on_simplex else diameter
+
+
+def _drop_zero(z: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    keep = w.detach() > 0  # log(0) weights would give NaN gradients in GeomLoss
+    return (z, w) if bool(keep.all()) else (z[keep], w[keep])
+
+
+@DISTANCES.register("sinkhorn")
+class SinkhornDistance(DistanceEstimator):
+    r"""Debiased Sinkhorn approximation of W₁ (GeomLoss ``SamplesLoss("sinkhorn", p=1)``).
+
+    .. math::
+        W_1 \approx S_\varepsilon, \qquad \varepsilon = \text{blur} \cdot s
+
+    where :math:`s` is :func:`data_scale` of the whole call's feature clouds (so the blur means the
+    same thing for 5-d and 1280-d features; the absolute ε is in ``diagnostics["blur"]``, :math:`s` in
+    ``diagnostics["scale"]``). ε-scaling anneals the temperature from the feature diameter down to
+    ε, multiplying it by ``scaling`` each step (about :math:`\log(D/\varepsilon)/\log(1/\text{scaling})`
+    iterations, *one* Sinkhorn step each). ``diagnostics["converged"]`` is ``True`` when the value is
+    finite: the schedule has a fixed length, there is no convergence test.
+
+    Accuracy, measured against exact EMD (seeded Gaussian clouds, float32; S underestimates W₁):
+    default blur 0.01 / scaling 0.9: −2.1% at d = 5, −1.0% at d = 64 (n = 200), −2.8% at d = 1280
+    (n = 1000, per-label, K = 10); blur 0.001: −0.9%, −0.2%, −0.07%. In **1-D** the p = 1 problem
+    under-converges badly with one step per ε: −23% (default), −3% with blur 1e-4 and scaling 0.99;
+    use the exact estimator there (POT solves 1-D exactly and fast).
+
+    Labels, joint path: the tensorized backend uses the exact sum cost
+    :math:`\|x - y\|_2 + \lambda\|l - l'\|_2` (label distances by direct differences, no cancellation
+    at λ = 1e6); the online backend uses the same sum with a KeOps formula on :math:`[x, \lambda l]`.
+    With one-hot labels and :math:`\lambda\sqrt2 \ge 2\min(\operatorname{diam} x, \operatorname{diam} y)`
+    the optimal plan moves exactly the mismatched mass :math:`\delta = \tfrac12\|m^{src} - m^{tgt}\|_1`
+    across labels, so :math:`W(\lambda) = W(\lambda_0) + (\lambda - \lambda_0)\sqrt2\,\delta`: Sinkhorn
+    runs at :math:`\lambda_0 = \sqrt2\min(\operatorname{diam} x, \operatorname{diam} y)` (GeomLoss's
+    one-step-per-ε schedule cannot build potential offsets of size λ = 1e6: it returned 672 for an exact
+    13 471) and the λ part is added in closed form, exact and differentiable. The ε-schedule starts
+    from the largest cost of that run; the blur stays relative to the features. Limitation: when class
+    masses differ, the *feature* part of the joint value is still underestimated (measured −20%, as a
+    small cross-label flow is slow to converge), so report joint values with the exact estimator.
+
+    Backends (memory/speed trade-off): ``"tensorized"`` stores the :math:`n \times m` (and
+    :math:`n \times n`, :math:`m \times m`) cost matrices: fastest up to a few thousand points, then
+    memory-bound (about 1 GB at n = 5000, 12 GB at n = 20 000). ``"online"`` (KeOps) recomputes the costs
+    on the fly in :math:`O(n + m)` memory; it compiles each new formula once (3–9 s on a workstation,
+    about 30 s on 2 CPU cores) and is the GPU / large-n path, 2–13× slower than tensorized on CPU.
+    ``"auto"``: online on CUDA, tensorized on CPU.
+
+    Args:
+        blur: Target blur :math:`\varepsilon` *relative to* the data scale :math:`s`.
+        scaling: Ratio between successive blur values of the ε-scaling descent, in (0, 1); closer to 1
+            is slower and more accurate.
+        backend: ``"tensorized"``, ``"online"`` or ``"auto"``.
+        debias: Return the debiased Sinkhorn divergence (recommended) instead of
+            :math:`\mathrm{OT}_\varepsilon`.
+        soft_labels: ``"mixture"`` or ``"vector"``, see :class:`~tta.distances.DistanceEstimator`.
+    """
+
+    name = "sinkhorn"
+
+    def __init__(
+        self,
+        blur: float = 0.01,
+        scaling: float = 0.9,
+        backend: Backend = "tensorized",
+        debias: bool = True,
+        soft_labels: SoftLabels = "mixture",
+    ) -> None:
+        super().__init__(soft_labels=soft_labels)
+        if not blur > 0:
+            raise ValueError(f"blur must be positive, got {blur}")
+        if not 0 < scaling < 1:
+            raise ValueError(f"scaling must lie in (0, 1), got {scaling}")
+        if backend not in ("tensorized", "online", "auto"):
+            raise ValueError(f"backend must be 'tensorized', 'online' or 'auto', got {backend!r}")
+        self.blur = float(blur)
+        self.scaling = float(scaling)
+        self.backend: Backend = backend
+        self.debias = bool(debias)
+
+    def __repr__(self) -> str:
+        return (
+            f"SinkhornDistance(blur={self.blur}, scaling={self.scaling}, backend={self.backend!r}, "
+            f"debias={self.debias}, soft_labels={self.soft_labels!r})"
+        )
+
+    def resolve_backend(self, device: torch.device) -> Literal["tensorized", "online"]:
+        """The backend used on ``device`` (``"auto"``: online on CUDA, tensorized otherwise)."""
+        if self.backend == "auto":
+            return "online" if device.type == "cuda" else "tensorized"
+        return self.backend
+
+    def _begin(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, diameter: float) -> None:
+        super()._begin(x, y, a, b, diameter)
+        scale = data_scale(x, y, a, b)
+        self._ctx["scale"] = scale
+        self._ctx["blur_abs"] = self.blur * scale if scale > 0 else self.blur
+
+    def _loss(self, backend: str, diameter: float | None, cost: Callable[..., Tensor] | str | None) -> Any:
+        from geomloss import SamplesLoss
+
+        if backend == "online":
+            try:
+                import pykeops  # noqa: F401
+            except ImportError as err:  # pragma: no cover - pykeops is a dependency
+                raise ImportError(
+                    "the 'online' Sinkhorn backend needs pykeops (pip install pykeops)"
+                ) from err
+        return SamplesLoss(
+            loss="sinkhorn",
+            p=1,
+            blur=self._ctx["blur_abs"],
+            scaling=self.scaling,
+            debias=self.debias,
+            diameter=diameter,
+            cost=cost,
+            backend=backend,
+        )
+
+    def _run(self, loss: Any, a: Tensor, x: Tensor, b: Tensor, y: Tensor, backend: str) -> Tensor:
+        start = time.perf_counter()
+        value = loss(a, x, b, y)
+        finite = bool(torch.isfinite(value.detach()))
+        self._record(
+            solver="sinkhorn",
+            backend=backend,
+            blur=self._ctx["blur_abs"],
+            converged=finite,
+            warning=None if finite else "Sinkhorn returned a non-finite value",
+            seconds=time.perf_counter() - start,
+        )
+        return value
+
+    def _unlabelled(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        x, a = _drop_zero(x, a)
+        y, b = _drop_zero(y, b)
+        backend = self.resolve_backend(x.device)
+        # GeomLoss would take log(0) for coincident clouds: the schedule starts at least at the blur.
+        diameter = max(feature_diameter(x, y), self._ctx["blur_abs"])
+        return self._run(self._loss(backend, diameter, None), a, x, b, y, backend)
+
+    def _joint(
+        self,
+        x: Tensor,
+        y: Tensor,
+        a: Tensor,
+        b: Tensor,
+        x_labels: Tensor,
+        y_labels: Tensor,
+        label_cost: float,
+    ) -> Tensor:
+        keep_a, keep_b = a.detach() > 0, b.detach() > 0
+        x, a, x_labels = x[keep_a], a[keep_a], x_labels[keep_a]
+        y, b, y_labels = y[keep_b], b[keep_b], y_labels[keep_b]
+        feat_diameter = self._ctx["diameter"]
+        # GeomLoss runs one Sinkhorn step per ε of its schedule; when a few percent of the mass must
+        # cross labels at cost λ√2 ≫ D, the class offsets of the potentials grow by only ~ε·(relative
+        # marginal error) per step and never reach ~λ: measured 672 instead of 13 471. With one-hot
+        # labels, any λ√2 ≥ 2·min(diam x, diam y) already pins the cross-label mass at its minimum
+        # δ = ½‖m_src − m_tgt‖₁ (rerouting one unit saves λ√2 and, by the triangle inequality, costs at
+        # most twice a within-cloud distance), so W(λ) = W(λ₀) + (λ − λ₀)√2·δ exactly: solve at
+        # λ₀ = √2·min(diam x, diam y), where the cost scales are comparable, and add the rest analytically.
+        lam_run, excess = label_cost, None
+        lam0 = math.sqrt(2.0) * min(feature_diameter(x, x), feature_diameter(y, y))
+        if label_cost > lam0 and _is_one_hot(x_labels) and _is_one_hot(y_labels):
+            gap = label_marginals(a, x_labels) - label_marginals(b, y_labels)  # (K,)
+            lam_run, excess = lam0, (label_cost - lam0) * math.sqrt(2.0) * 0.5 * gap.abs().sum()
+        d, k = x.shape[1], x_labels.shape[1]
+        backend = self.resolve_backend(x.device)
+        cost: Callable[..., Tensor] | str
+        if backend == "tensorized":
+            xs, ys = torch.cat([x, x_labels], 1), torch.cat([y, y_labels], 1)  # (n, d + K), (m, d + K)
+            cost = _SumCost(d, lam_run)
+        else:
+            xs, ys = torch.cat([x, lam_run * x_labels], 1), torch.cat([y, lam_run * y_labels], 1)
+            cost = (
+                f"(Norm2(Extract(X,0,{d})-Extract(Y,0,{d})) + Norm2(Extract(X,{d},{k})-Extract(Y,{d},{k})))"
+            )
+        # The ε-schedule starts from the largest cost (feature diameter + λ·label diameter); the blur,
+        # the final ε, stays relative to the features.
+        label_diameter = _label_diameter(x_labels, y_labels)
+        diameter = max(feat_diameter + lam_run * label_diameter, self._ctx["blur_abs"] / self.scaling)
+        value = self._run(self._loss(backend, diameter, cost), a, xs, b, ys, backend)
+        self._records[-1]["effective_label_cost"] = lam_run
+        if excess is not None:
+            return value + excess
+        if lam_run * label_diameter > 10 * max(feat_diameter, self._ctx["blur_abs"]):
+            self._records[-1]["converged"] = False
+            self._records[-1]["warning"] = (
+                "soft label vectors (soft_labels='vector') with label_cost ≫ feature diameter: Sinkhorn's "
+                "ε-scaling cannot resolve both cost scales, use the 'exact' estimator"
+            )
+        return value

@@ -1,0 +1,90 @@
+"""Baseline transferability estimators, as pure float64 functions.
+
+Each estimator is one function registered in :data:`tta.plugins.ESTIMATORS` under its name:
+
+========== ======== ===========================================
+name       inputs   function
+========== ======== ===========================================
+nce        probs    :func:`nce`
+leep       probs    :func:`leep`
+nleep      features :func:`nleep`
+hscore     features :func:`hscore`
+hscore_reg features :func:`hscore_reg`
+logme      features :func:`logme`
+transrate  features :func:`transrate`
+gbc        features :func:`gbc`
+sfda       features :func:`sfda`
+knn        features :func:`knn`
+ncti       pool     :func:`ncti`
+etran      pool     :func:`etran`
+f_otce     pair     :func:`f_otce`
+jc_otce    pair     :func:`jc_otce`
+static     metadata :func:`static`
+========== ======== ===========================================
+
+All are higher-is-better. :func:`score` calls one by name; :func:`describe` returns its
+:class:`Estimator` descriptor. Importing this package imports torch only: scikit-learn, SciPy and
+POT are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tta.estimators.base import Estimator, InputKind, describe, register_estimator
+from tta.estimators.gbc import gbc
+from tta.estimators.hscore import hscore, hscore_reg
+from tta.estimators.knn import knn
+from tta.estimators.leep import leep, nleep
+from tta.estimators.logme import logme
+from tta.estimators.nce import nce
+from tta.estimators.otce import f_otce, jc_otce
+from tta.estimators.pool import etran, ncti
+from tta.estimators.sfda import sfda
+from tta.estimators.static import static
+from tta.estimators.transrate import transrate
+from tta.plugins import ESTIMATORS
+
+__all__ = [
+    "Estimator",
+    "InputKind",
+    "describe",
+    "etran",
+    "f_otce",
+    "gbc",
+    "hscore",
+    "hscore_reg",
+    "jc_otce",
+    "knn",
+    "leep",
+    "logme",
+    "nce",
+    "ncti",
+    "nleep",
+    "register_estimator",
+    "score",
+    "sfda",
+    "static",
+    "transrate",
+]
+
+
+def score(name: str, **inputs: Any) -> Any:
+    """Compute the estimator registered as ``name`` on keyword ``inputs``.
+
+    Example::
+
+        score("logme", features=f, labels=y)
+        score("ncti", features=[f1, f2, f3], labels=y)  # one float per model
+
+    Args:
+        name: Registry name (see :func:`tta.plugins.ESTIMATORS.names`).
+        **inputs: The estimator's keyword arguments, passed unchanged.
+
+    Returns:
+        A float, or a list of floats for pool-relative estimators.
+
+    Raises:
+        tta.plugins.PluginNotFoundError: For an unknown name, with close matches.
+    """
+    return ESTIMATORS.get(name)(**inputs)

@@ -1,0 +1,6 @@
+"""LightningModules: glue around the maths of tta.bound, tta.heads, tta.fitting and tta.distances."""
+
+from tta.modules.analysis import TaskTransferAnalysis
+from tta.modules.probe import LinearProbe, ProbeMetrics
+
+__all__ = ["LinearProbe", "ProbeMetrics", "TaskTransferAnalysis"]

@@ -1,0 +1,106 @@
+"""The result record of a run: versions, config hash, every term, timings; written atomically as JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["config_hash", "format_result", "versions", "write_json_atomic"]
+
+_PACKAGES = (
+    "task-transfer-analysis",
+    "torch",
+    "lightning",
+    "timm",
+    "geomloss",
+    "pykeops",
+    "pot",
+    "torchmetrics",
+    "numpy",
+)
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages that shape the numbers (``None`` when not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def config_hash(config: Any) -> str:
+    """Short SHA-256 of a canonical JSON form of ``config`` (dicts sorted, non-JSON values as strings)."""
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as JSON to ``path`` atomically (temporary file in the same folder, then rename).
+
+    A crash or a full disk leaves either the previous file or none, never a truncated one.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_clean(payload), fh, indent=2, allow_nan=False, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def format_result(result: dict[str, Any]) -> Any:
+    """A rich table of the bound, its terms and the actual target losses."""
+    from rich.table import Table
+
+    terms = result["terms"]
+    table = Table(title="Task transfer analysis (test splits)", show_lines=False)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("weighted source loss  Σ D_s L̄_s", terms["weighted_source_loss"]),
+        ("label mismatch  H(Y_T|Y_S)", terms["conditional_entropy"]),
+        ("τ̂", terms["tau"]),
+        ("W₁(transformed reference, target)", terms["w1"]),
+        ("distribution mismatch  τ̂·W₁", terms["tau_w1"]),
+        ("bound (sum)", result["bound"]),
+        ("target CE of transformed classifier h'''", result["transformed_classifier"]["target_ce"]),
+        ("target accuracy of h'''", result["transformed_classifier"]["target_acc"]),
+        ("target CE of τ-penalised probe (transferability)", result["probe"]["target_ce"]),
+        ("target accuracy of τ-penalised probe", result["probe"]["target_acc"]),
+        ("target CE of standard probe", result["standard_probe"]["target_ce"]),
+        ("target accuracy of standard probe", result["standard_probe"]["target_acc"]),
+        ("gap  bound − probe CE", result["gap"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, f"{value:.4f}")
+    return table
