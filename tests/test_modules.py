@@ -63,7 +63,9 @@ def test_result_is_consistent(fitted):
     assert result["bound"] >= result["transformed_classifier"]["target_ce"]
     assert result["probe"]["target_acc"] > 0.9 and result["standard_probe"]["target_acc"] > 0.9
     # torchmetrics over batches of 50 agree with the one-shot pure evaluation
-    assert result["transformed_classifier"]["target_ce"] == pytest.approx(result["details"]["transformed_target_ce"], rel=1e-5)
+    assert result["transformed_classifier"]["target_ce"] == pytest.approx(
+        result["details"]["transformed_target_ce"], rel=1e-5
+    )
 
 
 def test_checkpoint_reload_reproduces_the_test(fitted, tmp_path):
@@ -73,7 +75,9 @@ def test_checkpoint_reload_reproduces_the_test(fitted, tmp_path):
     state = torch.load(ckpt, weights_only=False)["state_dict"]
     assert not any(k.startswith("backbone.") for k in state)
     fresh = _model()
-    _trainer(tmp_path).test(fresh, datamodule=TaskPairDataModule.from_features(data.features), ckpt_path=ckpt, verbose=False)
+    _trainer(tmp_path).test(
+        fresh, datamodule=TaskPairDataModule.from_features(data.features), ckpt_path=ckpt, verbose=False
+    )
     assert fresh.result["bound"] == pytest.approx(model.result["bound"], rel=1e-6)
     assert fresh.result["probe"]["target_ce"] == pytest.approx(model.result["probe"]["target_ce"], rel=1e-6)
 

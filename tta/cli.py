@@ -69,9 +69,20 @@ class TTACLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``tta`` console script."""
     argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "plugins":  # `tta plugins list|check`: no Lightning parser involved
+        from tta._plugin_cli import main as plugins_main
+
+        code = plugins_main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return
     if argv and argv[0] == "--version":
+        from tta._plugin_cli import plugin_version_lines
+
         for name, version in versions().items():
             print(f"{name} {version}")
+        for line in plugin_version_lines():
+            print(line)
         return
     # The frozen backbone is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -86,7 +97,10 @@ def main(args: list[str] | None = None) -> None:
             "deterministic": True,
         },
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "tta: Task Transfer Analysis of frozen representations"},
+        parser_kwargs={
+            "description": "tta: Task Transfer Analysis of frozen representations "
+            "(see also `tta plugins --help` and `tta --version`)"
+        },
         args=args,
     )
 

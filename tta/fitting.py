@@ -38,13 +38,18 @@ from tta import bound as B
 from tta.transforms import Mode, TaskTransform
 
 __all__ = [
+    "BestTransform",
     "EvalConfig",
     "TransformConfig",
     "default_objective",
     "evaluate_bound",
     "faithful_objective",
+    "finish_transform",
+    "is_selection_step",
     "learn_transform",
     "sample_by_prior",
+    "selection_subset",
+    "selects_best",
     "step_objective",
     "transform_optimizer",
 ]
@@ -65,9 +70,17 @@ class TransformConfig:
         lambda_w: Weight of the transport term in the ``faithful`` objective.
         lambda_p: Weight of the prior-matching penalty ‖p_T − BD‖².
         lambda_i: Weight of the inverse penalty ‖AĀ − I‖² + ‖ĀA − I‖².
-        inverse_penalty_probes: Random probes of the Hutchinson estimate of the inverse penalty in the
-            ``tta`` algorithm (O(d²k) instead of O(d³) per step); 0 computes it exactly. The ``faithful``
-            algorithm always computes it exactly.
+        inverse_penalty_probes: Random probes of the Hutchinson estimate of the inverse penalty when the
+            ``tta`` algorithm learns Ā (``inverse: learned``; O(d²k) instead of O(d³) per step); 0
+            computes it exactly. The ``faithful`` algorithm always computes it exactly.
+        inverse: ``exact`` (default for ``tta``): τ̂ uses W A⁻¹ from an LU solve, differentiated exactly,
+            and Ā is not learned (it is set to A⁻¹ at the end); ``learned``: learn Ā with the inverse
+            penalty, as the authors (always so for ``faithful``).
+        lr_feature_map: Adam learning rate of A, Ā and b (``None``: ``lr``). Adam moves every entry of the
+            d×d matrix by about this much per step, so high-dimensional features want a small value.
+        select_every: ``tta`` algorithm: every this many steps, evaluate the bound on a fixed subset of
+            the training data and keep the best transform seen (the initial one included); 0 disables.
+        select_points: Points per task in that selection subset.
         label_map_init: ``matching`` (optimal transport between class means; default), ``random``
             (uniform [0, 1) logits, as the authors) or ``uniform``.
         label_map_smoothing: Mixing weight of the uniform map in the ``matching`` initialisation.
@@ -85,6 +98,10 @@ class TransformConfig:
     lambda_p: float = 1.0
     lambda_i: float = 1.0
     inverse_penalty_probes: int = 64
+    inverse: Literal["exact", "learned"] = "exact"
+    lr_feature_map: float | None = 1e-3
+    select_every: int = 25
+    select_points: int = 2000
     label_map_init: Literal["matching", "random", "uniform"] = "matching"
     label_map_smoothing: float = 0.01
     match_label_marginal: bool = True
@@ -150,15 +167,20 @@ def sample_by_prior(
 
 
 def transform_optimizer(transform: TaskTransform, config: TransformConfig) -> torch.optim.Optimizer | None:
-    """Adam over the learnable parameters of ``transform`` (lr for A, Ā, b, B; lr_prior for D)."""
+    """Adam over the learnable parameters of ``transform``.
+
+    Learning rates: ``lr_feature_map`` for A, b (and Ā when it is learned), ``lr`` for the label-map
+    logits, ``lr_prior`` for the prior logits.
+    """
     groups = []
-    main = [
-        p
-        for p in (transform.matrix, transform.inverse, transform.shift, transform.label_logits)
-        if p.requires_grad
-    ]
-    if main:
-        groups.append({"params": main, "lr": config.lr})
+    learn_inverse = config.algorithm == "faithful" or config.inverse == "learned"
+    feature_map = [transform.matrix, transform.shift] + ([transform.inverse] if learn_inverse else [])
+    feature_map = [p for p in feature_map if p.requires_grad]
+    if feature_map:
+        lr = config.lr if config.lr_feature_map is None else config.lr_feature_map
+        groups.append({"params": feature_map, "lr": lr})
+    if transform.label_logits.requires_grad:
+        groups.append({"params": [transform.label_logits], "lr": config.lr})
     if transform.prior_logits.requires_grad:
         groups.append({"params": [transform.prior_logits], "lr": config.lr_prior})
     return torch.optim.Adam(groups) if groups else None
@@ -203,7 +225,9 @@ def default_objective(
     ys, yt = y_s[src_idx], y_t[tgt_idx]
     x = transform.map_features(z_s[src_idx])
     a = prior[ys] / src_count.to(prior)
-    b = target_prior.to(prior)[yt] / tgt_count.to(prior)
+    # the target class masses are set to the transformed label marginal BD (equal to p_T once matched),
+    # so the class masses of both sides agree exactly and W1 splits into one problem per class
+    b = (label_map @ prior).detach()[yt] / tgt_count.to(prior)
     w1 = distance(
         x,
         z_t[tgt_idx],
@@ -213,12 +237,19 @@ def default_objective(
         F.one_hot(yt, transform.num_target_classes).to(x),
         config.label_cost,
     )
-    tau = B.lipschitz_constant(
-        [x, z_t[tgt_idx]], head.weight, head.bias, log_b, transform.inverse, transform.shift
-    )
+    points = [x, z_t[tgt_idx]]
+    if config.inverse == "exact":
+        # W A^{-1} by an LU solve (differentiable): exact, and O(d^3/3) instead of the penalty's 12 d^3
+        logit_map = torch.linalg.solve(transform.matrix.T, head.weight.T).T
+        tau = B.lipschitz_constant(points, logit_map, head.bias, log_b, None, transform.shift)
+        inv_pen = torch.zeros((), dtype=x.dtype, device=x.device)
+    else:
+        tau = B.lipschitz_constant(points, head.weight, head.bias, log_b, transform.inverse, transform.shift)
+        inv_pen = B.inverse_penalty(
+            transform.matrix, transform.inverse, config.inverse_penalty_probes, generator
+        )
     term1 = B.weighted_source_loss(prior, class_losses)
     entropy = B.conditional_entropy(label_map, prior)
-    inv_pen = B.inverse_penalty(transform.matrix, transform.inverse, config.inverse_penalty_probes, generator)
     prior_pen = B.prior_matching_penalty(target_prior.to(prior), label_map, prior)
     bound = B.assemble_bound(term1, entropy, tau, w1)
     objective = bound + config.lambda_i * inv_pen + config.lambda_p * prior_pen
@@ -466,6 +497,98 @@ def step_objective(
     return objective, parts
 
 
+def selection_subset(data: tuple[Tensor, Tensor], points: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A fixed, seeded subset of at most ``points`` rows of ``(features, labels)``."""
+    z, y = data
+    if z.shape[0] <= points:
+        return z, y
+    idx = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:points]
+    return z[idx], y[idx.to(y.device)]
+
+
+class BestTransform:
+    """Keeps the transform state with the lowest bound on a fixed selection subset of the training data.
+
+    The ``tta`` algorithm takes stochastic steps; scoring the full bound every few steps and returning
+    the best state seen (the initial one included) makes the learned bound never worse than the
+    initial one on that subset — a guarantee the authors' objective lacks (DESIGN §1.7).
+
+    Args:
+        head: The reference classifier.
+        source: Reference training features and labels.
+        target: Target training features and labels.
+        distance: A :class:`tta.distances.DistanceEstimator`.
+        config: The transform configuration (``select_points``, ``label_cost``).
+        seed: Seed of the subset.
+    """
+
+    def __init__(
+        self,
+        head: nn.Linear,
+        source: tuple[Tensor, Tensor],
+        target: tuple[Tensor, Tensor],
+        distance: Any,
+        config: TransformConfig,
+        seed: int = 0,
+    ):
+        self.head = head
+        self.source = selection_subset(source, config.select_points, seed)
+        self.target = selection_subset(target, config.select_points, seed + 1)
+        self.distance = distance
+        self.label_cost = config.label_cost
+        self.value = float("inf")
+        self.step = -1
+        self.state: dict[str, Tensor] | None = None
+
+    def score(self, transform: TaskTransform) -> float:
+        """The bound of ``transform`` on the selection subset (exact inverse, joint W₁)."""
+        res = evaluate_bound(
+            transform, self.head, self.source, self.target, self.distance, label_cost=self.label_cost
+        )
+        return float(res["bound"])
+
+    def update(self, transform: TaskTransform, step: int) -> float:
+        """Score ``transform`` and keep a copy of its state if it is the best so far."""
+        value = self.score(transform)
+        if value < self.value:
+            self.value, self.step = value, step
+            self.state = {k: v.detach().clone() for k, v in transform.state_dict().items()}
+        return value
+
+    def restore(self, transform: TaskTransform) -> None:
+        """Load the best state into ``transform`` (no-op if nothing was scored)."""
+        if self.state is not None:
+            transform.load_state_dict(self.state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints."""
+        return {"value": self.value, "step": self.step, "state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """From checkpoints."""
+        self.value, self.step, self.state = state["value"], state["step"], state["state"]
+
+
+def selects_best(config: TransformConfig) -> bool:
+    """Whether the fit keeps the best transform state (``tta`` algorithm with ``select_every > 0``)."""
+    return config.algorithm == "tta" and config.select_every > 0 and config.mode != "fixed_all"
+
+
+def is_selection_step(config: TransformConfig, step: int) -> bool:
+    """Whether the state after transform step ``step`` (0-based) is scored."""
+    return (step + 1) % config.select_every == 0 or step + 1 == config.steps
+
+
+@torch.no_grad()
+def finish_transform(transform: TaskTransform, target_prior: Tensor, config: TransformConfig) -> None:
+    """End of a fit: refit the label-map bias, and set Ā to A⁻¹ if the ``tta`` algorithm did not learn it."""
+    if config.algorithm == "tta":
+        if config.match_label_marginal:
+            transform.match_label_marginal(target_prior)
+        if config.inverse == "exact":
+            transform.inverse.copy_(transform.exact_inverse())
+
+
 def learn_transform(
     transform: TaskTransform,
     head: nn.Linear,
@@ -501,6 +624,9 @@ def learn_transform(
         class_losses = B.class_mean_losses(losses, source[1], transform.num_source_classes)
     p_t = B.label_prior(target[1], transform.num_target_classes)
     history = []
+    best = BestTransform(head, source, target, distance, config, seed) if selects_best(config) else None
+    if best is not None:
+        best.update(transform, -1)
     for step in range(config.steps):
         objective, parts = step_objective(
             transform, head, class_losses, source, target, p_t, distance, config, seed, step
@@ -508,7 +634,11 @@ def learn_transform(
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
-        history.append({k: float(v) for k, v in parts.items()})
-    if config.algorithm == "tta" and config.match_label_marginal:
-        transform.match_label_marginal(p_t)
+        record = {k: float(v) for k, v in parts.items()}
+        if best is not None and is_selection_step(config, step):
+            record["selection_bound"] = best.update(transform, step)
+        history.append(record)
+    if best is not None:
+        best.restore(transform)
+    finish_transform(transform, p_t, config)
     return history

@@ -135,7 +135,8 @@ class TaskPairDataModule(pl.LightningDataModule):
             features: Standardised features of both tasks.
             eval_batch_size: Target test points per test step.
         """
-        module = cls(TaskSpec("precomputed"), TaskSpec("precomputed"), use_cache=False, eval_batch_size=eval_batch_size)
+        spec = TaskSpec("precomputed")
+        module = cls(spec, spec, use_cache=False, eval_batch_size=eval_batch_size)
         module.features = features
         return module
 
@@ -182,7 +183,8 @@ class TaskPairDataModule(pl.LightningDataModule):
             backbone = getattr(self.trainer.lightning_module, "backbone", None)  # type: ignore[union-attr]
             if backbone is None:
                 raise ValueError(
-                    "the model has no backbone to extract features with: give TaskTransferAnalysis a backbone, "
+                    "the model has no backbone to extract features with: give TaskTransferAnalysis a "
+                    "backbone, "
                     "or build the data module with TaskPairDataModule.from_features(...)"
                 )
             self.features = self.load_features(backbone)

@@ -27,9 +27,13 @@ from tta import bound as B
 from tta.backbones import Backbone, create_backbone
 from tta.distances import DistanceEstimator, create_distance
 from tta.fitting import (
+    BestTransform,
     EvalConfig,
     TransformConfig,
     evaluate_bound,
+    finish_transform,
+    is_selection_step,
+    selects_best,
     step_objective,
     transform_optimizer,
 )
@@ -79,20 +83,24 @@ class TaskTransferAnalysis(pl.LightningModule):
             self.backbone.requires_grad_(False)
         self.source_head_config = source_head or HeadConfig()
         self.probe_config = probe or HeadConfig()
-        self.standard_probe_config = standard_probe or HeadConfig(w_gp=0.0, weight_decay=1e-4)
+        self.standard_probe_config = standard_probe or HeadConfig(w_gp=0.0, weight_decay=1e-2)
         self.transform_config = transform or TransformConfig()
         self.eval_config = evaluation or EvalConfig()
         # plain dicts only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
-                "backbone": backbone if isinstance(backbone, str) or backbone is None else type(backbone).__name__,
+                "backbone": backbone
+                if isinstance(backbone, str) or backbone is None
+                else type(backbone).__name__,
                 "source_head": asdict(self.source_head_config),
                 "probe": asdict(self.probe_config),
                 "standard_probe": asdict(self.standard_probe_config),
                 "transform": asdict(self.transform_config),
                 "evaluation": asdict(self.eval_config),
                 "distance": distance if isinstance(distance, str) else type(distance).__name__,
-                "eval_distance": eval_distance if isinstance(eval_distance, str) else type(eval_distance).__name__,
+                "eval_distance": eval_distance
+                if isinstance(eval_distance, str)
+                else type(eval_distance).__name__,
                 "seed": seed,
             }
         )
@@ -107,6 +115,8 @@ class TaskTransferAnalysis(pl.LightningModule):
         self.standard_probe: LinearProbe | None = None
         self.transform: TaskTransform | None = None
         self._class_losses: Tensor | None = None
+        self._best: BestTransform | None = None
+        self._best_state: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}
         self.result: dict[str, Any] = {}
 
@@ -189,6 +199,8 @@ class TaskTransferAnalysis(pl.LightningModule):
         return optimizers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._best is not None:
+            checkpoint["tta_best_transform"] = self._best.state_dict()
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("backbone.")]:
             del state[key]
@@ -223,8 +235,9 @@ class TaskTransferAnalysis(pl.LightningModule):
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()
-            self.log(f"train/{phase}_loss", loss.detach(), on_step=True, prog_bar=True)
-            self.log_dict({f"train/{phase}_{k}": v for k, v in parts.items()}, on_step=True)
+            self._log_step(
+                {f"train/{phase}_loss": loss, **{f"train/{phase}_{k}": v for k, v in parts.items()}}
+            )
         elif phase == "transform":
             assert self.transform is not None and self.source_head is not None
             p_t = B.label_prior(f.target_train[1], f.num_target_classes).to(self.device)
@@ -240,23 +253,65 @@ class TaskTransferAnalysis(pl.LightningModule):
                 self.seed,
                 local,
             )
+            best = self._best_transform()
+            if best is not None and local == 0:
+                best.update(self.transform, -1)
             opt = optimizers[3]
             opt.zero_grad()
             self.manual_backward(objective)
             opt.step()
-            self.log("train/objective", parts["objective"], on_step=True, prog_bar=True)
-            self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "objective"}, on_step=True)
+            values = {f"train/{k}": v for k, v in parts.items()}
+            if best is not None and is_selection_step(self.transform_config, local):
+                values["train/selection_bound"] = best.update(self.transform, local)
+                self._log_step(values, force=True)
+            else:
+                self._log_step(values)
         self.step_counter += 1
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
 
+    def _log_step(self, values: dict[str, Any], force: bool = False) -> None:
+        """Log one step's values straight to the logger, every ``log_every_n_steps`` steps.
+
+        All phases share one epoch, so values logged through ``self.log`` in an earlier phase would be
+        re-logged as stale values at every later step; the progress bar shows the first value only.
+        """
+        first = next(iter(values))
+        self.log(first.split("/", 1)[1], values[first], prog_bar=True, logger=False)
+        step = int(self.step_counter)
+        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1))
+        if self.logger is None or not (force or (step + 1) % every == 0):
+            return
+        metrics = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in values.items()}
+        self.logger.log_metrics(metrics, step=step)
+
+    def _best_transform(self) -> BestTransform | None:
+        if self._best is None and selects_best(self.transform_config):
+            assert self.source_head is not None
+            f = self.features
+            self._best = BestTransform(
+                self.source_head.head,
+                f.source_train,
+                f.target_train,
+                self.distance,
+                self.transform_config,
+                self.seed,
+            )
+            if self._best_state is not None:
+                self._best.load_state_dict(self._best_state)
+        return self._best
+
     def on_train_end(self) -> None:
-        if (
-            self.transform is not None
-            and self.transform_config.algorithm == "tta"
-            and self.transform_config.match_label_marginal
-        ):
-            p_t = B.label_prior(self.features.target_train[1], self.features.num_target_classes)
-            self.transform.match_label_marginal(p_t)
+        if self.transform is None:
+            return
+        best = self._best_transform()
+        if best is not None:
+            best.restore(self.transform)
+            self.timings["selected_step"] = float(best.step)
+        p_t = B.label_prior(self.features.target_train[1], self.features.num_target_classes)
+        finish_transform(self.transform, p_t, self.transform_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._best_state = checkpoint.get("tta_best_transform")
 
     # ---------------------------------------------------------------- evaluation
     def on_test_epoch_start(self) -> None:
