@@ -8,9 +8,9 @@ import torch
 from tta import bound as B
 from tta.data.datamodule import standardise
 from tta.distances import create_distance
-from tta.fitting import EvalConfig, TransformConfig, evaluate_bound, learn_transform
+from tta.fitting import EvalConfig, TransformConfig, evaluate_bound, initialise_transform, learn_transform
 from tta.heads import HeadConfig, fit_linear_head
-from tta.transforms import TaskTransform, matching_label_map
+from tta.transforms import TaskTransform
 
 
 def make_pair(seed: int = 0, d: int = 12, k_s: int = 5, k_t: int = 4, n_per_class: int = 120):
@@ -47,14 +47,9 @@ def head(pair):
 
 
 def _initialised(pair, mode):
-    (zs, ys), _, (zt, yt), _ = pair
-    t = TaskTransform(5, 4, zs.shape[1], mode=mode)
-    p_s, p_t = B.label_prior(ys, 5), B.label_prior(yt, 4)
-    t.init_prior(p_s)
-    mu_s = torch.stack([zs[ys == k].mean(0) for k in range(5)])
-    mu_t = torch.stack([zt[yt == k].mean(0) for k in range(4)])
-    t.init_label_map(matching_label_map(mu_s, mu_t, p_s, p_t), smoothing=0.01)
-    t.match_label_marginal(p_t)
+    t = TaskTransform(5, 4, pair[0][0].shape[1], mode=mode)
+    initialise_transform(t, pair[0], pair[2], TransformConfig(mode=mode))
+    assert float((t.label_map @ t.prior - B.label_prior(pair[2][1], 4)).abs().sum()) < 1e-5
     return t
 
 

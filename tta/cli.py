@@ -47,7 +47,10 @@ class TTACLI(LightningCLI):
             return
         config = self._config_dict()
         hashed = {k: config.get(k) for k in ("model", "data", "seed_everything")}
-        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", None) or config.get("ckpt_path")
+        callback = self.trainer.checkpoint_callback
+        ckpt = (callback and (callback.last_model_path or callback.best_model_path)) or config.get(
+            "ckpt_path"
+        )
         record = {
             "stage": stage,
             **model.result,

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tta import bound as B
-from tta.transforms import Mode, TaskTransform
+from tta.transforms import Mode, TaskTransform, matching_label_map
 
 __all__ = [
     "BestTransform",
@@ -45,6 +45,7 @@ __all__ = [
     "evaluate_bound",
     "faithful_objective",
     "finish_transform",
+    "initialise_transform",
     "is_selection_step",
     "learn_transform",
     "sample_by_prior",
@@ -587,6 +588,46 @@ def finish_transform(transform: TaskTransform, target_prior: Tensor, config: Tra
             transform.match_label_marginal(target_prior)
         if config.inverse == "exact":
             transform.inverse.copy_(transform.exact_inverse())
+
+
+@torch.no_grad()
+def initialise_transform(
+    transform: TaskTransform,
+    source: tuple[Tensor, Tensor],
+    target: tuple[Tensor, Tensor],
+    config: TransformConfig | None = None,
+    seed: int = 0,
+) -> None:
+    r"""Initialise :math:`D` and :math:`B` from the training data, as configured.
+
+    :math:`D_0 = p_S` (logits :math:`\log p_S`; the ``faithful`` algorithm reproduces the authors'
+    logits :math:`p_S`); :math:`B_0` by ``label_map_init`` (``matching``: optimal transport between class
+    means, :func:`tta.transforms.matching_label_map`); then, for the ``tta`` algorithm, :math:`BD = p_T`.
+    The feature map starts at the identity.
+
+    Args:
+        transform: The transform, modified in place.
+        source: Reference training features and labels.
+        target: Target training features and labels.
+        config: The transform configuration.
+        seed: Seed of the ``random`` label-map initialisation.
+    """
+    config = config or TransformConfig()
+    (z_s, y_s), (z_t, y_t) = source, target
+    k_s, k_t = transform.num_source_classes, transform.num_target_classes
+    p_s, p_t = B.label_prior(y_s, k_s), B.label_prior(y_t, k_t)
+    faithful = config.algorithm == "faithful"
+    transform.init_prior(p_s, as_logits=not faithful)
+    if config.label_map_init == "matching":
+        mu_s = torch.stack([z_s[y_s == k].mean(0) for k in range(k_s)])
+        mu_t = torch.stack([z_t[y_t == k].mean(0) for k in range(k_t)])
+        transform.init_label_map(matching_label_map(mu_s, mu_t, p_s, p_t), config.label_map_smoothing)
+    elif config.label_map_init == "random":
+        transform.init_label_map(None, generator=torch.Generator().manual_seed(seed))
+    else:
+        transform.init_label_map(torch.full((k_t, k_s), 1.0 / k_t), 0.0)
+    if config.match_label_marginal and not faithful:
+        transform.match_label_marginal(p_t)
 
 
 def learn_transform(

@@ -946,8 +946,8 @@ DATASETS: Registry[Any] = Registry(
     Contract(
         "tta.data.datasets:ImageDataset",
         "factory",
-        "a callable returning a tta.data.ImageDataset (with a `splits` attribute and a `split` argument "
-        "for an official train/test split)",
+        "a callable returning a tta.data.ImageDataset; an official train/test split is declared by a "
+        "`splits` attribute and a `split` argument",
     ),
     builtin_modules=("tta.data.datasets",),
 )
@@ -988,6 +988,8 @@ def get_registry(group: str) -> Registry[Any]:
         PluginNotFoundError: For an unknown group.
     """
     key = group.strip().lower().removeprefix("tta.")
+    if key not in REGISTRIES and f"{key}s" in REGISTRIES:  # "distance" for "distances"
+        key = f"{key}s"
     if key not in REGISTRIES:
         close = difflib.get_close_matches(key, list(REGISTRIES), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -32,6 +32,7 @@ from tta.fitting import (
     TransformConfig,
     evaluate_bound,
     finish_transform,
+    initialise_transform,
     is_selection_step,
     selects_best,
     step_objective,
@@ -39,7 +40,7 @@ from tta.fitting import (
 )
 from tta.heads import HeadConfig
 from tta.modules.probe import LinearProbe, ProbeMetrics
-from tta.transforms import TaskTransform, matching_label_map
+from tta.transforms import TaskTransform
 
 __all__ = ["TaskTransferAnalysis"]
 
@@ -167,24 +168,9 @@ class TaskTransferAnalysis(pl.LightningModule):
 
     @torch.no_grad()
     def _init_transform(self) -> None:
-        f, cfg = self.features, self.transform_config
         assert self.transform is not None
-        z_s, y_s = f.source_train
-        z_t, y_t = f.target_train
-        p_s = B.label_prior(y_s, f.num_source_classes)
-        p_t = B.label_prior(y_t, f.num_target_classes)
-        faithful = cfg.algorithm == "faithful"
-        self.transform.init_prior(p_s, as_logits=not faithful)
-        if cfg.label_map_init == "matching":
-            mu_s = torch.stack([z_s[y_s == k].mean(0) for k in range(f.num_source_classes)])
-            mu_t = torch.stack([z_t[y_t == k].mean(0) for k in range(f.num_target_classes)])
-            self.transform.init_label_map(matching_label_map(mu_s, mu_t, p_s, p_t), cfg.label_map_smoothing)
-        elif cfg.label_map_init == "random":
-            self.transform.init_label_map(None, generator=torch.Generator().manual_seed(self.seed))
-        else:
-            self.transform.init_label_map(torch.full((f.num_target_classes, f.num_source_classes), 1.0), 1.0)
-        if cfg.match_label_marginal and not faithful:
-            self.transform.match_label_marginal(p_t)
+        f = self.features
+        initialise_transform(self.transform, f.source_train, f.target_train, self.transform_config, self.seed)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         assert self.source_head and self.probe and self.standard_probe and self.transform
@@ -267,6 +253,8 @@ class TaskTransferAnalysis(pl.LightningModule):
             else:
                 self._log_step(values)
         self.step_counter += 1
+        if int(self.step_counter) == self.total_steps:
+            self._finish_fit()  # before the end-of-epoch checkpoint, so that it holds the final transform
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
 
     def _log_step(self, values: dict[str, Any], force: bool = False) -> None:
@@ -300,7 +288,8 @@ class TaskTransferAnalysis(pl.LightningModule):
                 self._best.load_state_dict(self._best_state)
         return self._best
 
-    def on_train_end(self) -> None:
+    def _finish_fit(self) -> None:
+        """Restore the best transform state, refit the label-map bias, set Ā = A⁻¹ (``tta``)."""
         if self.transform is None:
             return
         best = self._best_transform()
