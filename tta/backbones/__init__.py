@@ -16,6 +16,7 @@ from typing import Any
 from tta.backbones.base import (
     Backbone,
     ImagePreprocess,
+    TimmFeatureBackbone,
     WeightsMismatchError,
     WeightsUnavailableError,
     file_sha256,
@@ -35,6 +36,7 @@ __all__ = [
     "EfficientNetLite0",
     "ImagePreprocess",
     "TimmBackbone",
+    "TimmFeatureBackbone",
     "WeightsMismatchError",
     "WeightsUnavailableError",
     "create_backbone",

@@ -377,3 +377,37 @@ class Backbone(torch.nn.Module, abc.ABC):
     def extra_repr(self) -> str:
         """Name and feature width, shown by ``repr``."""
         return f"name={self.name!r}, feature_dim={self.feature_dim}"
+
+
+class TimmFeatureBackbone(Backbone):
+    """Shared body of the backbones built on a timm model: pooled penultimate features, timm preprocessing.
+
+    Subclasses build the timm model (classifier removed) and call :meth:`_wrap`.
+    """
+
+    model: torch.nn.Module
+    _preprocess: ImagePreprocess
+
+    def _wrap(self, model: torch.nn.Module, name: str, image_size: int | None) -> None:
+        """Adopt ``model`` (channels-last, ~1.5x faster on CPU with the same values) and freeze it."""
+        self.model = model.to(memory_format=torch.channels_last)
+        self.name = name
+        self.feature_dim = int(model.num_features)
+        self._preprocess = ImagePreprocess.from_timm_model(model, image_size)
+        self.freeze()
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled penultimate features.
+
+        Args:
+            x: ``(B, 3, H, W)`` preprocessed images.
+
+        Returns:
+            ``(B, d)`` features.
+        """
+        return self.channels_last(self.model, x)
+
+    def preprocess(self) -> ImagePreprocess:
+        """The model's timm evaluation preprocessing at the configured image size."""
+        return self._preprocess

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from tta.backbones.base import (
-    Backbone,
-    ImagePreprocess,
+    TimmFeatureBackbone,
     WeightsMismatchError,
     WeightsUnavailableError,
     file_sha256,
@@ -160,7 +159,7 @@ def load_lukemelas_weights(
 
 
 @BACKBONES.register("efficientnet_lite0")
-class EfficientNetLite0(Backbone):
+class EfficientNetLite0(TimmFeatureBackbone):
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with offline ImageNet-1k weights; d = 1280.
 
     The ImageNet classifier is kept as :attr:`classifier_head` (see :meth:`classify`); :meth:`forward`
@@ -183,24 +182,8 @@ class EfficientNetLite0(Backbone):
         self.num_loaded = load_lukemelas_weights(model, read_state_dict(path), source=path)
         self.classifier_head: torch.nn.Module = model.get_classifier()
         model.reset_classifier(0)
-        self.model = model.to(memory_format=torch.channels_last)  # ~1.5x faster on CPU, same values
-        self.name = "efficientnet_lite0"
-        self.feature_dim = int(model.num_features)
         self.weights_path = path
-        self._preprocess = ImagePreprocess.from_timm_model(model, image_size)
-        self.freeze()
-
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        """Pooled penultimate features.
-
-        Args:
-            x: ``(B, 3, H, W)`` preprocessed images.
-
-        Returns:
-            ``(B, 1280)`` features.
-        """
-        return self.channels_last(self.model, x)
+        self._wrap(model, "efficientnet_lite0", image_size)
 
     @torch.no_grad()
     def classify(self, x: Tensor) -> Tensor:
@@ -213,10 +196,6 @@ class EfficientNetLite0(Backbone):
             ``(B, 1000)`` logits.
         """
         return self.classifier_head(self.forward(x))
-
-    def preprocess(self) -> ImagePreprocess:
-        """The timm evaluation preprocessing for ``tf_efficientnet_lite0`` at :attr:`image_size`."""
-        return self._preprocess
 
     def weights_fingerprint(self) -> str:
         """SHA-256 of the weights file."""

@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from tta.backbones.base import (
-    Backbone,
-    ImagePreprocess,
+    TimmFeatureBackbone,
     WeightsMismatchError,
     WeightsUnavailableError,
     file_sha256,
@@ -127,7 +125,7 @@ def _load_pretrained(timm: Any, model_name: str, cfg: Any) -> tuple[torch.nn.Mod
 
 
 @BACKBONES.register("timm")
-class TimmBackbone(Backbone):
+class TimmBackbone(TimmFeatureBackbone):
     """A timm model's penultimate pooled features (its classifier removed), frozen.
 
     Preprocessing follows the model's timm data config (``timm.data.resolve_data_config``): input size,
@@ -175,29 +173,9 @@ class TimmBackbone(Backbone):
                     f"timm model {model_name!r} has a fixed input size {default}; image_size={image_size} "
                     "is not supported"
                 )
-        self.model = model.to(memory_format=torch.channels_last)  # ~1.5x faster on CPU, same values
         self.model_name = model_name
         self.pretrained = pretrained or weights_path is not None
-        self.name = f"timm/{model_name}"
-        self.feature_dim = int(model.num_features)
-        self._preprocess = ImagePreprocess.from_timm_model(model, image_size)
-        self.freeze()
-
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        """Pooled penultimate features.
-
-        Args:
-            x: ``(B, 3, H, W)`` preprocessed images.
-
-        Returns:
-            ``(B, d)`` features.
-        """
-        return self.channels_last(self.model, x)
-
-    def preprocess(self) -> ImagePreprocess:
-        """The model's timm evaluation preprocessing at :attr:`image_size`."""
-        return self._preprocess
+        self._wrap(model, f"timm/{model_name}", image_size)
 
     def weights_fingerprint(self) -> str:
         """SHA-256 of the weights file, ``"random-init"``, or a hash of the tensors when no file is known."""
