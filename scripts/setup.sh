@@ -4,6 +4,7 @@
 # - creates VENV_DIR with `python3 -m venv` (Python >= 3.10; set PYTHON=... to choose the interpreter),
 # - installs torch 2.14.1 + torchvision 0.29.1 first, then the project in editable mode with the extras
 #   offline-weights, test and docs, pinned by constraints.txt,
+# - installs the example plugin plugins/tta-example-plugin in editable mode (--no-deps),
 # - installs Debian's dataset-fashion-mnist when its files are missing (as root; otherwise prints a hint).
 #
 # Idempotent: a re-run with unchanged pyproject.toml / constraints.txt / this script only checks the
@@ -92,6 +93,7 @@ stamp_value() {
         "$VPY" -c 'import sys; print(sys.version)'
         printf '%s\n' "$ROOT" "${TORCH_PINS[@]}" "$EXTRAS"
         cat pyproject.toml constraints.txt scripts/setup.sh
+        cat plugins/tta-example-plugin/pyproject.toml
     } | sha256sum | cut -d' ' -f1
 }
 # Cheap check (no torch import): pinned versions present, tta importable from this checkout, script there.
@@ -109,6 +111,7 @@ try:
         name, wanted = pin.split("==")
         assert version(name) == wanted, f"{name} {version(name)} != {wanted}"
     version("task-transfer-analysis")
+    version("tta-example-plugin")
 except (PackageNotFoundError, AssertionError):
     sys.exit(1)
 spec = importlib.util.find_spec("tta")
@@ -127,6 +130,7 @@ else
     timed "upgrade pip" "${PIP[@]}" install --upgrade pip -c constraints.txt
     timed "install ${TORCH_PINS[*]}" "${PIP[@]}" install "${TORCH_PINS[@]}" -c constraints.txt
     timed "install -e .[$EXTRAS]" "${PIP[@]}" install -e ".[$EXTRAS]" -c constraints.txt
+    timed "install -e plugins/tta-example-plugin" "${PIP[@]}" install --no-deps -e plugins/tta-example-plugin -c constraints.txt
     installed_ok || die "the install finished, but $VENV does not provide the pinned torch/torchvision and tta from $ROOT"
     echo "$WANT" >"$STAMP_FILE"
 fi

@@ -6,6 +6,7 @@
 #   3. ruff format --check .
 #   4. sphinx-build -W (warnings are errors) into docs/_build/html
 #   5. python -m pytest PYTEST_ARGS...   (exit code 5, "no tests collected", counts as a failure)
+#   6. without PYTEST_ARGS: python -m pytest plugins/tta-example-plugin (the example plugin's tests)
 #
 # Every check runs even when an earlier one fails; the script exits non-zero if any failed.
 set -euo pipefail
@@ -56,6 +57,9 @@ check "ruff check" ruff check .
 check "ruff format" ruff format --check .
 check "docs" sphinx-build -W --keep-going -E -q -b html docs docs/_build/html
 check "pytest" run_pytest "$@"
+if (($# == 0)); then
+    check "example plugin" run_pytest plugins/tta-example-plugin
+fi
 
 log "summary:"
 for line in "${SUMMARY[@]}"; do

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -202,10 +203,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """
     out = sys.stdout if out is None else out
     args = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
-    if (args.command or "list") == "list":
-        opts = vars(args)  # `tta plugins` alone lists with the defaults
-        return _list(opts.get("group"), opts.get("load", False), opts.get("json", False), out)
-    return _check(args.group, args.distribution, args.json, out)
+    try:
+        if (args.command or "list") == "list":
+            opts = vars(args)  # `tta plugins` alone lists with the defaults
+            return _list(opts.get("group"), opts.get("load", False), opts.get("json", False), out)
+        return _check(args.group, args.distribution, args.json, out)
+    except BrokenPipeError:  # `tta plugins list | head`: the reader left before the end
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0 if (args.command or "list") == "list" else 1  # an unread check counts as failed
 
 
 def plugin_version_lines() -> list[str]:

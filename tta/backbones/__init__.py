@@ -63,10 +63,7 @@ def create_backbone(name: str, **kwargs: Any) -> Backbone:
         tta.plugins.PluginNotFoundError: If ``name`` is not registered.
         TypeError: If the registered factory does not return a :class:`Backbone`.
     """
-    if name.startswith("timm/"):
-        kwargs = {"model_name": name.split("/", 1)[1], **kwargs}
-        name = "timm"
-    backbone = BACKBONES.create(name, **kwargs)
+    backbone = BACKBONES.create(name, **kwargs)  # "timm/<model>" goes to the "timm" provider
     if not isinstance(backbone, Backbone):
         raise TypeError(
             f"backbone {name!r} ({BACKBONES.get(name)!r}) returned a {type(backbone).__name__}, "

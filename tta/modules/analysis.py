@@ -47,6 +47,11 @@ __all__ = ["TaskTransferAnalysis"]
 PHASES = ("source_head", "probe", "standard_probe", "transform")
 
 
+def _spec_name(spec: object) -> str | None:
+    """A registry name as given, or the class name of an instance (for the saved hyper-parameters)."""
+    return spec if spec is None or isinstance(spec, str) else type(spec).__name__
+
+
 class TaskTransferAnalysis(pl.LightningModule):
     """Bound the transferability of a frozen backbone from a reference task to a target task.
 
@@ -90,18 +95,14 @@ class TaskTransferAnalysis(pl.LightningModule):
         # plain dicts only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
-                "backbone": backbone
-                if isinstance(backbone, str) or backbone is None
-                else type(backbone).__name__,
+                "backbone": _spec_name(backbone),
                 "source_head": asdict(self.source_head_config),
                 "probe": asdict(self.probe_config),
                 "standard_probe": asdict(self.standard_probe_config),
                 "transform": asdict(self.transform_config),
                 "evaluation": asdict(self.eval_config),
-                "distance": distance if isinstance(distance, str) else type(distance).__name__,
-                "eval_distance": eval_distance
-                if isinstance(eval_distance, str)
-                else type(eval_distance).__name__,
+                "distance": _spec_name(distance),
+                "eval_distance": _spec_name(eval_distance),
                 "seed": seed,
             }
         )
