@@ -1,5 +1,6 @@
 """`tta fit` / `tta test` end to end on a tiny config: real backbone, real datasets, a few steps."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -69,6 +70,12 @@ def test_fit_writes_a_complete_result(fitted_run):
     for key in ("transformed_classifier", "probe", "standard_probe"):
         assert 0.0 <= result[key]["target_acc"] <= 1.0 and result[key]["target_ce"] > 0
     assert result["versions"]["torch"] and result["versions"]["lightning"]
+    try:  # installed plugin distributions are recorded too
+        plugin_version = importlib.metadata.version("tta-example-plugin")
+    except importlib.metadata.PackageNotFoundError:
+        plugin_version = None
+    if plugin_version is not None:
+        assert result["versions"]["plugin:tta-example-plugin"] == plugin_version
     assert len(result["config_hash"]) == 16 and result["seed"] == 0
     assert "bound (sum)" in proc.stdout and "result written to" in proc.stdout
     assert (path.parent / "config.yaml").exists()  # LightningCLI saves the config per run

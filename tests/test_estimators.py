@@ -695,3 +695,17 @@ def test_pinned_raw_ncti_terms() -> None:
         (19.51395524084455, 0.37164498641686133, 2.601858827778502),
     ]
     np.testing.assert_allclose(terms, expected, rtol=1e-6)
+
+
+def test_describe_returns_a_plugin_descriptor(monkeypatch):
+    from tta.estimators import base
+
+    plugin = base.Estimator(
+        name="my_score",
+        fn=lambda features, labels: 0.0,
+        inputs="features",
+        higher_is_better=True,
+        complexity="O(n)",
+    )
+    monkeypatch.setattr(base.ESTIMATORS, "get", lambda name: plugin)
+    assert base.describe("my_score") is plugin

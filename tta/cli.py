@@ -83,7 +83,8 @@ def main(args: list[str] | None = None) -> None:
         from tta._plugin_cli import plugin_version_lines
 
         for name, version in versions().items():
-            print(f"{name} {version}")
+            if not name.startswith("plugin:"):  # listed below, with their groups
+                print(f"{name} {version}")
         for line in plugin_version_lines():
             print(line)
         return

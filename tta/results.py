@@ -28,13 +28,20 @@ _PACKAGES = (
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of Python and of the packages that shape the numbers (``None`` when not installed)."""
+    """Versions of Python, the packages that shape the numbers and the plugins (``plugin:<name>``).
+
+    A package that is not installed has version ``None``.
+    """
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    from tta.plugins import plugin_distributions
+
+    for dist in plugin_distributions():
+        out[f"plugin:{dist.name}"] = dist.version
     return out
 
 

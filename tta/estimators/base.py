@@ -89,13 +89,15 @@ def register_estimator(
 
 
 def describe(name: str) -> Estimator:
-    """The descriptor of the built-in estimator registered as ``name``.
+    """The descriptor of the estimator registered as ``name`` (built-in, or a plugin's descriptor).
 
     Raises:
         tta.plugins.PluginNotFoundError: When no estimator is registered under ``name``.
-        LookupError: When ``name`` is registered (e.g. by a plugin) without a descriptor.
+        LookupError: When ``name`` is registered without a descriptor.
     """
     fn = ESTIMATORS.get(name)
+    if isinstance(fn, Estimator):  # plugins register the descriptor itself
+        return fn
     key = name.strip().lower()
     if key not in _DESCRIPTORS or _DESCRIPTORS[key].fn is not fn:
         raise LookupError(
