@@ -3,7 +3,7 @@
 #
 # - creates VENV_DIR with `python3 -m venv` (Python >= 3.10; set PYTHON=... to choose the interpreter),
 # - installs torch 2.14.1 + torchvision 0.29.1 first, then the project in editable mode with the extras
-#   offline-weights, test and docs, pinned by constraints.txt,
+#   offline-weights, text, test and docs, pinned by constraints.txt,
 # - installs the example plugin plugins/tta-example-plugin in editable mode (--no-deps),
 # - installs Debian's dataset-fashion-mnist when its files are missing (as root; otherwise prints a hint).
 #
@@ -18,7 +18,7 @@ cd "$ROOT"
 VENV="${1:-.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-EXTRAS="offline-weights,test,docs"
+EXTRAS="offline-weights,text,test,docs"
 FASHION_DIR=/usr/share/datasets/fashion-mnist
 STAMP_NAME=.tta-setup-stamp
 

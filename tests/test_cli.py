@@ -169,8 +169,9 @@ def test_print_config_and_help(tmp_path):
     proc = run_tta("fit", "--config", str(TINY), "--print_config", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "transform:" in proc.stdout and "label_cost" in proc.stdout
-    help_text = run_tta("fit", "--help", cwd=tmp_path).stdout
+    help_text = run_tta("fit", "--model.help", "TaskTransferAnalysis", cwd=tmp_path).stdout
     assert "Wasserstein estimator used while learning" in help_text  # docstrings become --help
+    assert "--model.help" in run_tta("fit", "--help", cwd=tmp_path).stdout
 
 
 def test_version_lists_the_stack(tmp_path):

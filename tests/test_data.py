@@ -319,6 +319,15 @@ def test_cache_key_changes(cache):
     )
     lite = [EfficientNetLite0(image_size=s).cache_key() for s in (64, 112)]
     assert cache.key(lite[0], SPEC, "train") != cache.key(lite[1], SPEC, "train")
+    # every task protocol field that changes the data changes the key, each differently
+    protocols = [
+        {"shifts": [{"name": "inversion"}]},
+        {"shifts": [{"name": "rotation", "degrees": 30}]},
+        {"random_classes": 1},
+        {"label_map": {"0": "a"}},
+    ]
+    keys = {cache.key(bb, TaskSpec(**{**vars(SPEC), **extra}), "train") for extra in protocols}
+    assert len(keys) == len(protocols) and key not in keys
 
 
 def test_cache_default_root(monkeypatch, tmp_path):

@@ -65,8 +65,27 @@ def test_import_tta_is_light_and_fast():
 
 
 # ---------------------------------------------------------------------------------------------- configs
+BENCHMARK_CONFIGS = ROOT / "configs" / "benchmarks"
+
+
 def _config_files() -> list[Path]:
-    return sorted(p for ext in ("*.yaml", "*.yml") for p in (ROOT / "configs").rglob(ext))
+    """Every `tta fit` config or fragment (benchmark configs are checked by their own parser below)."""
+    return sorted(
+        p
+        for ext in ("*.yaml", "*.yml")
+        for p in (ROOT / "configs").rglob(ext)
+        if BENCHMARK_CONFIGS not in p.parents
+    )
+
+
+@pytest.mark.parametrize(
+    "config", sorted(BENCHMARK_CONFIGS.glob("*.yaml")), ids=lambda p: f"benchmarks/{p.name}"
+)
+def test_benchmark_config_parses(config: Path):
+    from tta.benchmark.config import load_config
+
+    parsed = load_config(config)
+    assert parsed.pairs, f"{config} defines no pair"
 
 
 def _class_paths(node: object) -> list[str]:
@@ -185,9 +204,12 @@ def test_config_parses_with_the_cli(config: Path, printed_configs):
 
 def test_demo_config_resolves_to_the_offline_demo(printed_configs):
     resolved = yaml.safe_load(printed_configs["configs/demo.yaml"]["stdout"])
-    assert resolved["data"]["reference"]["dataset"] == "fashion_mnist"
-    assert resolved["data"]["target"]["dataset"] == "mnist_5k"
-    assert resolved["model"]["backbone"]["class_path"] == "tta.backbones.EfficientNetLite0"
+    assert resolved["model"]["class_path"] == "tta.TaskTransferAnalysis"  # the default without class_path
+    assert resolved["data"]["class_path"] == "tta.TaskPairDataModule"
+    data, model = resolved["data"]["init_args"], resolved["model"]["init_args"]
+    assert data["reference"]["dataset"] == "fashion_mnist"
+    assert data["target"]["dataset"] == "mnist_5k"
+    assert model["backbone"]["class_path"] == "tta.backbones.EfficientNetLite0"
     assert resolved["trainer"]["default_root_dir"] == "runs/demo"
 
 
@@ -241,7 +263,7 @@ def test_constraints_pin_torch_and_every_direct_dependency():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
-    for extra in ("offline-weights", "test", "docs"):
+    for extra in ("offline-weights", "text", "test", "docs"):
         requirements += project["optional-dependencies"][extra]
     for requirement in requirements:
         name = re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0]

@@ -151,7 +151,7 @@ def test_builtins_are_registered_and_qualified():
     assert P.DISTANCES.get("task-transfer-analysis:exact") is ExactDistance
     assert P.DISTANCES.get(" Exact ") is ExactDistance
     assert "exact" in P.DISTANCES and "tta:sinkhorn" in P.DISTANCES and "nope" not in P.DISTANCES
-    assert P.DATASETS.names("*mnist*") == ["fashion_mnist", "mnist_5k"]
+    assert P.DATASETS.names("*mnist*") == ["fashion_mnist", "kmnist", "mnist", "mnist_5k"]
     assert len(P.ESTIMATORS) == len(P.ESTIMATORS.names()) and "logme" in list(P.ESTIMATORS)
     assert P.get_registry("tta.distances") is P.get_registry("distances") is P.get_registry("distance")
     with pytest.raises(P.PluginNotFoundError, match="Did you mean 'datasets'"):

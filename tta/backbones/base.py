@@ -1,14 +1,21 @@
 """The frozen-encoder interface and the image preprocessing shared by every backbone.
 
-A :class:`Backbone` maps a batch of preprocessed images ``(B, 3, H, W)`` to penultimate features
-``(B, d)``. It is frozen: no parameter requires a gradient, it stays in eval mode whatever
-``train()`` is asked, and its forward runs without autograd.
+A :class:`Backbone` maps a preprocessed batch (images ``(B, C, H, W)``; for a text backbone a dict of
+token tensors) to penultimate features ``(B, d)``. It is frozen: no parameter requires a gradient, it
+stays in eval mode whatever ``train()`` is asked, and its forward runs without autograd.
 
-Its :meth:`Backbone.preprocess` returns an :class:`ImagePreprocess`: a picklable callable taking one
-image (uint8 tensor ``(H, W)`` / ``(H, W, C)``, numpy array or PIL image) to a float ``(3, H, W)``
-tensor, with a fast :meth:`ImagePreprocess.batch` path for a whole uint8 batch. Its resize, crop and
+Its :meth:`Backbone.preprocess` returns a :class:`Preprocess`: a picklable callable whose
+:meth:`~Preprocess.batch` maps a chunk of a dataset's raw inputs (a slice of its uint8 image tensor, or a
+``list[str]`` of texts) to what :meth:`Backbone.forward` takes, and whose :meth:`~Preprocess.config`
+is part of the feature-cache key. For images it is an :class:`ImagePreprocess`, taking one image
+(uint8 tensor ``(H, W)`` / ``(H, W, C)``, numpy array or PIL image) to a float ``(C, H, W)`` tensor,
+with a fast :meth:`ImagePreprocess.batch` path for a whole uint8 batch. Its resize, crop and
 normalisation replay timm's evaluation transform (``timm.data.create_transform(is_training=False)``)
 on tensors, with the values of the model's timm data config (``timm.data.resolve_data_config``).
+
+Backbones that keep the classifier of their source task (ImageNet for the timm models) expose it for the
+estimators that need source logits (LEEP, NCE): :attr:`Backbone.num_source_classes`,
+:meth:`Backbone.classifier_logits` (head applied to features) and :meth:`Backbone.source_logits`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,6 +36,8 @@ from torch import Tensor
 __all__ = [
     "Backbone",
     "ImagePreprocess",
+    "NoSourceHeadError",
+    "Preprocess",
     "WeightsMismatchError",
     "WeightsUnavailableError",
     "file_sha256",
@@ -45,6 +54,21 @@ class WeightsMismatchError(ValueError):
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights cannot be obtained (no network, missing package or file)."""
+
+
+class NoSourceHeadError(RuntimeError):
+    """The backbone keeps no classifier of its source task (no source logits)."""
+
+
+@runtime_checkable
+class Preprocess(Protocol):
+    """What :meth:`Backbone.preprocess` returns: picklable, applied per chunk of raw inputs."""
+
+    def batch(self, inputs: Any) -> Any:
+        """Map a chunk of raw inputs (uint8 images ``(B, H, W[, C])`` or ``list[str]``) to a forward input."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able configuration, part of the feature cache key."""
 
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
@@ -110,25 +134,39 @@ class ImagePreprocess:
     Replays ``timm.data.create_transform(**data_config, is_training=False)``: resize to
     ``floor(size / crop_pct)`` (shortest edge for ``crop_mode="center"``, both edges for ``"squash"``,
     longest edge plus padding for ``"border"``), centre crop to ``input_size``, scale to [0, 1],
-    normalise by ``mean``/``std``. Grayscale images are replicated to 3 channels (after the resize,
-    which is then 3× cheaper) and an alpha channel is dropped.
+    normalise by ``mean``/``std``. An alpha channel is dropped. For a 3-channel network input, grayscale
+    images are replicated to 3 channels (after the resize, which is then 3× cheaper); for a 1-channel
+    input (``input_size = (1, H, W)``, e.g. the small CNN on 28×28 digits) colour images are converted to
+    grayscale first (ITU-R 601-2 luma, as PIL's ``convert("L")``).
 
     Args:
-        input_size: ``(C, H, W)`` of the network input; ``C`` must be 3.
+        input_size: ``(C, H, W)`` of the network input; ``C`` is 3 (colour) or 1 (grayscale).
         interpolation: timm interpolation name (``"bicubic"``, ``"bilinear"``, ...). Modes torch cannot
             reproduce (``"lanczos"``, ``"box"``, ``"hamming"``) fall back to timm's PIL transform.
         crop_pct: Fraction of the resized image kept by the centre crop.
         crop_mode: ``"center"``, ``"squash"`` or ``"border"``, as in timm.
-        mean: Per-channel mean on the [0, 1] scale.
-        std: Per-channel standard deviation on the [0, 1] scale.
+        mean: Per-channel mean on the [0, 1] scale (``C`` values).
+        std: Per-channel standard deviation on the [0, 1] scale (``C`` values).
     """
 
     input_size: tuple[int, int, int]
     interpolation: str
     crop_pct: float
     crop_mode: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        c = self.input_size[0] if len(self.input_size) == 3 else None
+        if c not in (1, 3):
+            raise ValueError(
+                f"expected input_size (C, H, W) with C = 3 (colour) or 1 (grayscale), got {self.input_size}"
+            )
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(
+                f"mean {self.mean} and std {self.std} must have one value per channel ({c} for "
+                f"input_size {self.input_size})"
+            )
 
     @classmethod
     def from_data_config(cls, config: Mapping[str, Any]) -> ImagePreprocess:
@@ -142,8 +180,6 @@ class ImagePreprocess:
             The preprocessing.
         """
         input_size = tuple(int(v) for v in config["input_size"])
-        if len(input_size) != 3 or input_size[0] != 3:
-            raise ValueError(f"expected a 3-channel input_size (3, H, W), got {input_size}")
         return cls(
             input_size=input_size,  # type: ignore[arg-type]
             interpolation=str(config.get("interpolation") or "bilinear"),
@@ -196,7 +232,7 @@ class ImagePreprocess:
                 or ``(H, W, C)`` with C in {1, 3, 4}.
 
         Returns:
-            A float32 tensor ``(3, H, W)``.
+            A float32 tensor ``(C, H, W)`` with ``C = input_size[0]``.
         """
         return self.batch(_to_hwc_tensor(image)[None])[0]
 
@@ -207,9 +243,13 @@ class ImagePreprocess:
             images: uint8 (or [0, 1] float) tensor ``(B, H, W)`` or ``(B, H, W, C)``, C in {1, 3, 4}.
 
         Returns:
-            A float32 tensor ``(B, 3, H', W')`` with ``(3, H', W') == input_size``.
+            A float32 tensor ``(B, C, H', W')`` with ``(C, H', W') == input_size``, on the device of
+            ``images``.
         """
         x = _to_bchw(images)
+        channels = self.input_size[0]
+        if channels == 1 and x.shape[1] == 3:
+            x = _rgb_to_gray(x)
         if self.interpolation not in _TENSOR_INTERPOLATIONS:
             return self._batch_pil(x)
         import torchvision.transforms.v2.functional as TF
@@ -230,10 +270,10 @@ class ImagePreprocess:
             x = TF.resize(x, [round(h * ratio), round(w * ratio)], interpolation=mode, antialias=True)
         x = self._center_crop_or_pad(x, out_h, out_w)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        if x.shape[1] != channels:
+            x = x.expand(-1, channels, -1, -1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, channels, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, channels, 1, 1)
         return ((x - mean) / std).contiguous()
 
     def _center_crop_or_pad(self, x: Tensor, out_h: int, out_w: int) -> Tensor:
@@ -245,8 +285,8 @@ class ImagePreprocess:
         # pad with the mean colour, as timm's CenterCropOrPad does
         pad_h, pad_w = max(out_h - h, 0), max(out_w - w, 0)
         padding = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != len(self.mean):
+            x = x.expand(-1, len(self.mean), -1, -1)
         scale = 255.0 if x.dtype == torch.uint8 else 1.0
         channels = [
             TF.pad(x[:, c : c + 1], padding, fill=round(m * scale) if scale > 1 else m)
@@ -262,10 +302,20 @@ class ImagePreprocess:
         for img in x:
             if img.dtype != torch.uint8:
                 img = (img * 255).round().clamp(0, 255).to(torch.uint8)
-            arr = img.permute(1, 2, 0).numpy()
-            pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+            arr = img.permute(1, 2, 0).cpu().numpy()
+            mode = "L" if self.input_size[0] == 1 else "RGB"
+            pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert(mode)
             out.append(transform(pil))
-        return torch.stack(out)
+        return torch.stack(out).to(x.device)
+
+
+def _rgb_to_gray(x: Tensor) -> Tensor:
+    """``(B, 3, H, W)`` RGB to ``(B, 1, H, W)`` luma (ITU-R 601-2), keeping a uint8 input uint8."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    gray = (x.float() * weights).sum(dim=1, keepdim=True)
+    if x.dtype == torch.uint8:
+        return gray.round_().clamp_(0, 255).to(torch.uint8)
+    return gray
 
 
 def _to_hwc_tensor(image: Any) -> Tensor:
@@ -300,10 +350,13 @@ def _to_bchw(images: Tensor) -> Tensor:
 
 
 class Backbone(torch.nn.Module, abc.ABC):
-    """A frozen image encoder returning penultimate features.
+    """A frozen encoder (of images, or of texts) returning penultimate features.
 
     Subclasses build their network in ``__init__``, set :attr:`feature_dim` and :attr:`name`, then call
     :meth:`freeze`. The backbone always stays in eval mode: ``train(True)`` is ignored.
+
+    A backbone that keeps the classifier of its source task registers it as the submodule
+    ``classifier_head`` (mapping features ``(B, d)`` to source logits, see :attr:`source_head`).
 
     Attributes:
         feature_dim: ``d``, the width of the penultimate features.
@@ -312,6 +365,11 @@ class Backbone(torch.nn.Module, abc.ABC):
 
     feature_dim: int
     name: str
+
+    @property
+    def source_head(self) -> torch.nn.Module | None:
+        """The source-task classifier (the submodule ``classifier_head``), or ``None``."""
+        return self._modules.get("classifier_head")
 
     @staticmethod
     def channels_last(module: torch.nn.Module, x: Tensor) -> Tensor:
@@ -328,19 +386,71 @@ class Backbone(torch.nn.Module, abc.ABC):
         return module(x.contiguous(memory_format=torch.channels_last))
 
     @abc.abstractmethod
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Any) -> Tensor:
         """Penultimate features of a preprocessed batch.
 
         Args:
-            x: Float tensor ``(B, 3, H, W)`` from :meth:`preprocess`.
+            x: The output of ``preprocess().batch(chunk)``: a float tensor ``(B, C, H, W)`` for an image
+                backbone, a dict of ``(B, L)`` token tensors for a text backbone.
 
         Returns:
             Float tensor ``(B, d)``.
         """
 
     @abc.abstractmethod
-    def preprocess(self) -> ImagePreprocess:
-        """The callable mapping one image to the ``(3, H, W)`` float tensor :meth:`forward` expects."""
+    def preprocess(self) -> Preprocess:
+        """The picklable preprocessing whose ``batch`` maps raw inputs to what :meth:`forward` takes."""
+
+    @property
+    def num_source_classes(self) -> int:
+        """Number of classes of the source-task classifier (0 when the backbone keeps none)."""
+        head = self.source_head
+        if head is None:
+            return 0
+        out = getattr(head, "out_features", None)
+        if out is None:
+            with torch.no_grad():
+                p = next(iter(head.parameters()), None)
+                probe = torch.zeros(1, self.feature_dim, device=None if p is None else p.device)
+                out = head(probe).shape[-1]
+        return int(out)
+
+    @torch.no_grad()
+    def classifier_logits(self, features: Tensor) -> Tensor:
+        """Source-task logits of already computed features (the original classifier head).
+
+        Args:
+            features: ``(B, d)`` outputs of :meth:`forward`.
+
+        Returns:
+            ``(B, num_source_classes)`` logits.
+
+        Raises:
+            NoSourceHeadError: If the backbone keeps no source classifier.
+        """
+        head = self.source_head
+        if head is None:
+            raise NoSourceHeadError(
+                f"backbone {self.name!r} has no source-task classifier head, so it gives no source logits "
+                "(needed by LEEP/NCE); use a backbone with its original head, e.g. `efficientnet_lite0` or "
+                "`timm/<model>` with pretrained weights (ImageNet head), or a trained `small_cnn`"
+            )
+        return head(features)
+
+    @torch.no_grad()
+    def source_logits(self, x: Any) -> Tensor:
+        """Source-task logits of a preprocessed batch: the original head on :meth:`forward`'s features.
+
+        Args:
+            x: A preprocessed batch, as for :meth:`forward`.
+
+        Returns:
+            ``(B, num_source_classes)`` logits.
+
+        Raises:
+            NoSourceHeadError: If the backbone keeps no source classifier.
+        """
+        return self.classifier_logits(self.forward(x))
 
     @abc.abstractmethod
     def weights_fingerprint(self) -> str:
@@ -382,14 +492,20 @@ class Backbone(torch.nn.Module, abc.ABC):
 class TimmFeatureBackbone(Backbone):
     """Shared body of the backbones built on a timm model: pooled penultimate features, timm preprocessing.
 
-    Subclasses build the timm model (classifier removed) and call :meth:`_wrap`.
+    Subclasses build the timm model, with its classifier when it has one, and call :meth:`_wrap`, which
+    keeps that classifier as :attr:`classifier_head` and removes it from the model
+    (``reset_classifier(0)``): :meth:`forward` gives the pooled penultimate features, and
+    ``classifier_head(forward(x))`` the model's original logits.
     """
 
     model: torch.nn.Module
     _preprocess: ImagePreprocess
 
     def _wrap(self, model: torch.nn.Module, name: str, image_size: int | None) -> None:
-        """Adopt ``model`` (channels-last, ~1.5x faster on CPU with the same values) and freeze it."""
+        """Take the classifier out of ``model``, adopt it (channels-last, ~1.5x faster on CPU) and freeze."""
+        if int(getattr(model, "num_classes", 0) or 0) > 0:
+            self.classifier_head = model.get_classifier()
+            model.reset_classifier(0)
         self.model = model.to(memory_format=torch.channels_last)
         self.name = name
         self.feature_dim = int(model.num_features)

@@ -162,9 +162,10 @@ def load_lukemelas_weights(
 class EfficientNetLite0(TimmFeatureBackbone):
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``) with offline ImageNet-1k weights; d = 1280.
 
-    The ImageNet classifier is kept as :attr:`classifier_head` (see :meth:`classify`); :meth:`forward`
-    returns the 1280-d pooled penultimate features. Preprocessing is timm's for this model: bicubic
-    resize to ``size / 0.875``, centre crop, mean = std = 0.5.
+    The ImageNet classifier is kept as the source head (``classifier_head``, 1000 classes: see
+    :meth:`~tta.backbones.Backbone.source_logits`, :meth:`~tta.backbones.Backbone.classifier_logits`);
+    :meth:`forward` returns the 1280-d pooled penultimate features. Preprocessing is timm's for this
+    model: bicubic resize to ``size / 0.875``, centre crop, mean = std = 0.5.
 
     Args:
         image_size: Side of the square network input (default 224, the ImageNet resolution; 112 is
@@ -180,14 +181,11 @@ class EfficientNetLite0(TimmFeatureBackbone):
         path = Path(weights_path) if weights_path is not None else default_weights_path()
         model = timm.create_model(TIMM_NAME, pretrained=False)
         self.num_loaded = load_lukemelas_weights(model, read_state_dict(path), source=path)
-        self.classifier_head: torch.nn.Module = model.get_classifier()
-        model.reset_classifier(0)
         self.weights_path = path
         self._wrap(model, "efficientnet_lite0", image_size)
 
-    @torch.no_grad()
     def classify(self, x: Tensor) -> Tensor:
-        """ImageNet-1k logits.
+        """ImageNet-1k logits (same as :meth:`~tta.backbones.Backbone.source_logits`).
 
         Args:
             x: ``(B, 3, H, W)`` preprocessed images.
@@ -195,7 +193,7 @@ class EfficientNetLite0(TimmFeatureBackbone):
         Returns:
             ``(B, 1000)`` logits.
         """
-        return self.classifier_head(self.forward(x))
+        return self.source_logits(x)
 
     def weights_fingerprint(self) -> str:
         """SHA-256 of the weights file."""

@@ -82,7 +82,7 @@ def _offline_message(model_name: str, source: str, reason: str) -> str:
 
 
 def _load_from_file(timm: Any, model_name: str, cfg: Any, path: Path) -> tuple[torch.nn.Module, Path]:
-    """Create ``model_name`` with the weights of a local timm-format file (strict), classifier removed."""
+    """Create ``model_name`` with a local timm-format weights file (strict), with its head if it has one."""
     if not path.is_file():
         raise FileNotFoundError(f"weights_path {str(path)!r} does not exist")
     state_dict = read_state_dict(path)
@@ -100,7 +100,6 @@ def _load_from_file(timm: Any, model_name: str, cfg: Any, path: Path) -> tuple[t
         raise WeightsMismatchError(
             f"weights file {path} does not fit timm model {model_name!r}: {err}"
         ) from err
-    model.reset_classifier(0)
     return model, path
 
 
@@ -118,7 +117,7 @@ def _load_pretrained(timm: Any, model_name: str, cfg: Any) -> tuple[torch.nn.Mod
     if not _reachable(host):
         raise WeightsUnavailableError(_offline_message(model_name, source, f"{host}:443 is unreachable"))
     try:
-        model = timm.create_model(model_name, pretrained=True, num_classes=0)
+        model = timm.create_model(model_name, pretrained=True)
     except (OSError, ConnectionError) as err:
         raise WeightsUnavailableError(_offline_message(model_name, source, repr(err))) from err
     return model, _cached_pretrained_file(cfg)
@@ -130,6 +129,11 @@ class TimmBackbone(TimmFeatureBackbone):
 
     Preprocessing follows the model's timm data config (``timm.data.resolve_data_config``): input size,
     interpolation, crop_pct, crop mode, mean and std.
+
+    With pretrained weights that include the classifier (timm's ImageNet weights, or a ``weights_path``
+    holding the head), that classifier is kept as the source head: ``num_source_classes``,
+    ``classifier_logits(features)`` and ``source_logits(x)`` give the original model's logits (for LEEP,
+    NCE). A random-init model, or a weights file without the head, has no source head.
 
     Args:
         model_name: Any ``timm.list_models()`` name, optionally with a pretrained tag

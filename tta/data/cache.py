@@ -10,6 +10,13 @@ Both are written atomically (temporary file in the same directory, then ``os.rep
 last and any old manifest removed first, so a reader sees a complete entry or none. :meth:`FeatureCache.load`
 checks the manifest, the checksum and the shapes; a corrupt or partial entry gives a warning and a miss,
 and is never used.
+
+A distributed extraction (:mod:`tta.data.extraction`) writes its per-rank shards into a temporary
+``.partial-<key>-<random>/`` directory of the cache root; rank zero assembles them into an entry as above
+and the directory is removed. A directory left by an interrupted extraction never looks like an entry:
+:meth:`FeatureCache.load` warns about it and misses, the rebuilt entry's :meth:`FeatureCache.save` removes
+it, and ``tta cache list|clear`` (:meth:`FeatureCache.scan`, :meth:`FeatureCache.remove`) show and remove
+it with the other leftovers (``.<name>.<random>.tmp`` files, a data file without its manifest).
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +39,13 @@ from torch import Tensor
 
 from tta.data.tasks import TaskSpec
 
-__all__ = ["CACHE_FORMAT_VERSION", "FeatureCache", "default_cache_dir"]
+__all__ = ["CACHE_FORMAT_VERSION", "PARTIAL_PREFIX", "CacheEntry", "FeatureCache", "default_cache_dir"]
 
 #: Bump when the meaning of cached features changes (invalidates every entry).
 CACHE_FORMAT_VERSION = 1
+
+#: Name prefix of the temporary shard directories of an extraction (one left behind means it was interrupted).
+PARTIAL_PREFIX = ".partial-"
 
 #: ``dataset_kwargs`` that do not change the data (left out of the key).
 _NON_DATA_KWARGS = frozenset({"download"})
@@ -73,6 +84,105 @@ def _atomic_path(final: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _disk_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+@dataclass
+class CacheEntry:
+    """One entry of the cache (or one leftover of an interrupted write), as listed by ``tta cache list``.
+
+    Args:
+        key: The entry's key (for a leftover, the key it belonged to, when its name tells).
+        status: ``"ok"``, ``"corrupt"`` (a manifest whose entry does not verify) or ``"partial"`` (a
+            temporary file, an orphan data file, or the shard directory of an interrupted extraction).
+        paths: The entry's files and directories.
+        manifest: The parsed manifest, if readable.
+        reason: Why it is not ``ok``.
+    """
+
+    key: str
+    status: str
+    paths: list[Path]
+    manifest: dict[str, Any] | None = None
+    reason: str = ""
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The manifest's ``meta`` (empty without a manifest)."""
+        meta = (self.manifest or {}).get("meta")
+        return meta if isinstance(meta, dict) else {}
+
+    @property
+    def backbone(self) -> str:
+        """The backbone's name, or ``""``."""
+        bb = self.meta.get("backbone")
+        return str(bb.get("backbone", "")) if isinstance(bb, dict) else str(bb or "")
+
+    @property
+    def dataset(self) -> str:
+        """The task's dataset name, or ``""``."""
+        task = self.meta.get("task")
+        return str(task.get("dataset", "")) if isinstance(task, dict) else ""
+
+    @property
+    def task(self) -> str:
+        """A short description of the task (``digits[0,1] seed=0``), or ``""``."""
+        task = self.meta.get("task")
+        if not isinstance(task, dict):
+            return ""
+        classes = task.get("classes")
+        cls = "" if classes is None else "[" + ",".join(str(c) for c in classes) + "]"
+        return f"{task.get('dataset', '')}{cls} seed={task.get('seed', 0)}"
+
+    @property
+    def split(self) -> str:
+        """``"train"``/``"test"``, or ``""``."""
+        return str(self.meta.get("split", ""))
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """``(N, d)`` from the manifest."""
+        shape = ((self.manifest or {}).get("features") or {}).get("shape")
+        return tuple(int(v) for v in shape) if isinstance(shape, list) else None
+
+    @property
+    def created(self) -> str:
+        """Creation time from the manifest, else the files' modification time (ISO 8601)."""
+        created = (self.manifest or {}).get("created")
+        if isinstance(created, str):
+            return created
+        times = [p.stat().st_mtime for p in self.paths if p.exists()]
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(max(times))) if times else ""
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk."""
+        return sum(_disk_size(p) for p in self.paths)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (``tta cache list --json``)."""
+        return {
+            "key": self.key,
+            "status": self.status,
+            "reason": self.reason,
+            "backbone": self.backbone,
+            "dataset": self.dataset,
+            "task": self.task,
+            "split": self.split,
+            "shape": list(self.shape) if self.shape else None,
+            "bytes": self.size,
+            "created": self.created,
+            "paths": [str(p) for p in self.paths],
+        }
+
+
 class FeatureCache:
     """Cache of ``(features, labels)`` per backbone, task and split.
 
@@ -95,19 +205,19 @@ class FeatureCache:
         spec = asdict(task_spec)
         kwargs = {k: v for k, v in (spec.get("dataset_kwargs") or {}).items() if k not in _NON_DATA_KWARGS}
         cap = spec["train_per_class"] if split == "train" else spec["test_per_class"]
-        return {
-            "format": CACHE_FORMAT_VERSION,
-            "backbone": backbone_key,
-            "task": {
-                "dataset": spec["dataset"],
-                "dataset_kwargs": kwargs,
-                "classes": spec["classes"],
-                "per_class": cap,
-                "test_fraction": spec["test_fraction"],
-                "seed": spec["seed"],
-            },
-            "split": split,
+        task: dict[str, Any] = {
+            "dataset": spec["dataset"],
+            "dataset_kwargs": kwargs,
+            "classes": spec["classes"],
+            "per_class": cap,
+            "test_fraction": spec["test_fraction"],
+            "seed": spec["seed"],
         }
+        # Every other field selects or changes the data too (random_classes, label_map, shifts, and any
+        # added later); unset ones stay out, so the keys of plain tasks do not change.
+        skip = {*task, "train_per_class", "test_per_class"}
+        task.update({k: v for k, v in spec.items() if k not in skip and v is not None})
+        return {"format": CACHE_FORMAT_VERSION, "backbone": backbone_key, "task": task, "split": split}
 
     def key(self, backbone_key: dict[str, Any], task_spec: TaskSpec, split: str) -> str:
         """SHA-256 hex key of an entry.
@@ -132,8 +242,9 @@ class FeatureCache:
     def load(self, key: str) -> tuple[Tensor, Tensor] | None:
         """The entry's ``(features, labels)``, or ``None`` on a miss.
 
-        A corrupt or partial entry (unreadable manifest, missing file, checksum or shape mismatch) warns
-        and returns ``None``, so that the caller rebuilds it.
+        A corrupt or partial entry (unreadable manifest, missing file, checksum or shape mismatch, or only
+        the leftover shards of an interrupted extraction) warns and returns ``None``, so that the caller
+        rebuilds it.
 
         Args:
             key: From :meth:`key`.
@@ -141,25 +252,41 @@ class FeatureCache:
         Returns:
             ``(features (N, d) float32, labels (N,) int64)`` or ``None``.
         """
+        tensors, reason = self._read(key)
+        if reason is not None:
+            self._warn(key, reason)
+        return tensors
+
+    def verify(self, key: str) -> str | None:
+        """Why the entry is corrupt or partial, ``None`` when it is sound (``"missing"`` when absent).
+
+        Args:
+            key: From :meth:`key`.
+        """
+        tensors, reason = self._read(key)
+        if tensors is None and reason is None:
+            return "missing"
+        return reason
+
+    def _read(self, key: str) -> tuple[tuple[Tensor, Tensor] | None, str | None]:
+        """``(tensors, None)`` for a sound entry, ``(None, reason)`` for a damaged one, ``(None, None)``."""
         data_path, manifest_path = self.paths(key)
         if not manifest_path.exists():
             if data_path.exists():
-                self._warn(key, "data file without a manifest (interrupted write?)")
-            return None
+                return None, "data file without a manifest (interrupted write?)"
+            leftovers = self.partial_dirs(key)
+            if leftovers:
+                return None, f"only the shards of an interrupted extraction ({leftovers[0].name})"
+            return None, None
         try:
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("format") != CACHE_FORMAT_VERSION or manifest.get("key") != key:
-                self._warn(
-                    key, f"manifest format/key mismatch ({manifest.get('format')}, {manifest.get('key')})"
-                )
-                return None
+                return None, f"manifest format/key mismatch ({manifest.get('format')}, {manifest.get('key')})"
             if not data_path.exists():
-                self._warn(key, f"manifest present but {data_path.name} missing")
-                return None
+                return None, f"manifest present but {data_path.name} missing"
             digest = _sha256_file(data_path)
             if digest != manifest["sha256"]:
-                self._warn(key, f"checksum mismatch ({digest[:12]}… != {manifest['sha256'][:12]}…)")
-                return None
+                return None, f"checksum mismatch ({digest[:12]}… != {manifest['sha256'][:12]}…)"
             from safetensors.torch import load_file
 
             tensors = load_file(str(data_path))
@@ -172,17 +299,79 @@ class FeatureCache:
                 or features.ndim != 2
                 or features.shape[0] != labels.shape[0]
             ):
-                self._warn(
-                    key,
+                return None, (
                     f"unexpected tensors: features {features.dtype} {tuple(features.shape)}, labels "
                     f"{labels.dtype} {tuple(labels.shape)} vs manifest "
-                    f"{manifest['features']}, {manifest['labels']}",
+                    f"{manifest['features']}, {manifest['labels']}"
                 )
-                return None
         except Exception as err:  # any failure to read means a rebuild
-            self._warn(key, f"{type(err).__name__}: {err}")
-            return None
-        return features, labels
+            return None, f"{type(err).__name__}: {err}"
+        return (features, labels), None
+
+    def partial_dirs(self, key: str | None = None) -> list[Path]:
+        """Shard directories left by interrupted extractions (of ``key``, or all), oldest first."""
+        if not self.root.is_dir():
+            return []
+        prefix = PARTIAL_PREFIX + (f"{key}-" if key else "")
+        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(prefix)]
+        return sorted(found, key=lambda p: p.stat().st_mtime)
+
+    def scan(self, verify: bool = True) -> list[CacheEntry]:
+        """Every entry of the cache, and every leftover of an interrupted write or extraction.
+
+        Args:
+            verify: Check each entry's checksum and tensors (reads every file); otherwise an entry with a
+                readable manifest and its data file is reported ``ok``.
+
+        Returns:
+            One :class:`CacheEntry` per key (status ``ok``/``corrupt``) and per leftover (``partial``),
+            sorted by creation time.
+        """
+        if not self.root.is_dir():
+            return []
+        out: list[CacheEntry] = []
+        seen: set[Path] = set()
+        for manifest_path in sorted(self.root.glob("*.json")):
+            key = manifest_path.stem
+            data_path = self.paths(key)[0]
+            files = [p for p in (data_path, manifest_path) if p.exists()]
+            seen.update(files)
+            manifest = self.manifest(key)
+            if verify:
+                reason = self.verify(key)
+            elif manifest is None:
+                reason = "unreadable manifest"
+            else:
+                reason = None if data_path.exists() else f"{data_path.name} missing"
+            out.append(CacheEntry(key, "ok" if reason is None else "corrupt", files, manifest, reason or ""))
+        for path in sorted(self.root.iterdir()):
+            if path in seen:
+                continue
+            if path.name.startswith(PARTIAL_PREFIX) and path.is_dir():
+                key = path.name[len(PARTIAL_PREFIX) :].rsplit("-", 1)[0]
+                reason = "shards of an interrupted extraction"
+            elif path.name.endswith(".tmp") and path.name.startswith("."):
+                key = path.name[1:].split(".", 1)[0]
+                reason = "temporary file of an interrupted write"
+            elif path.suffix == ".safetensors":
+                key = path.stem
+                reason = "data file without a manifest"
+            else:
+                continue
+            out.append(CacheEntry(key, "partial", [path], None, reason))
+        return sorted(out, key=lambda e: (e.created, e.key))
+
+    def remove(self, entry: CacheEntry) -> int:
+        """Delete an entry's files (manifest first, so that it never looks complete); the bytes freed."""
+        freed = 0
+        for path in sorted(entry.paths, key=lambda p: p.suffix != ".json"):
+            size = _disk_size(path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            freed += size if not path.exists() else 0
+        return freed
 
     def manifest(self, key: str) -> dict[str, Any] | None:
         """The entry's manifest (unverified), or ``None``."""
@@ -231,6 +420,8 @@ class FeatureCache:
         }
         with _atomic_path(manifest_path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        for leftover in self.partial_dirs(key):  # shards of interrupted extractions of this entry
+            shutil.rmtree(leftover, ignore_errors=True)
         return manifest_path
 
     @staticmethod

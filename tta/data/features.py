@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -65,55 +68,10 @@ class ExtractedFeatures(tuple):
         return (self.features, self.labels, self.class_names, self.cache_hit, self.key)
 
 
-class _PreprocessedBatches(torch.utils.data.Dataset):
-    """Batch ``i`` of a dataset, preprocessed (so DataLoader workers can overlap it with the forward)."""
-
-    def __init__(self, images: Tensor, preprocess: Any, batch_size: int) -> None:
-        self.images = images
-        self.preprocess = preprocess
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return (self.images.shape[0] + self.batch_size - 1) // self.batch_size
-
-    def __getitem__(self, i: int) -> Tensor:
-        chunk = self.images[i * self.batch_size : (i + 1) * self.batch_size]
-        batch = getattr(self.preprocess, "batch", None)
-        if batch is not None:
-            return batch(chunk)
-        return torch.stack([self.preprocess(img) for img in chunk])
-
-
-def _progress(total: int, description: str, enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class _Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="progress.data.speed")
-
-    from rich.console import Console
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(file=sys.stderr),
-        disable=not enabled,
-        transient=False,
-    )
+def _inputs(dataset: Any) -> Any:
+    """The dataset's raw inputs: ``.inputs`` (images or texts), else ``.images``."""
+    inputs = getattr(dataset, "inputs", None)
+    return dataset.images if inputs is None else inputs
 
 
 def extract_features(
@@ -123,60 +81,84 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = True,
     description: str = "",
+    accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
+    strategy: str | Any = "auto",
+    num_nodes: int = 1,
+    trainer_kwargs: dict[str, Any] | None = None,
+    shard_root: str | os.PathLike[str] | None = None,
+    store: Callable[[Tensor], Any] | None = None,
+    reload: Callable[[], Tensor | None] | None = None,
+    tag: str = "",
 ) -> Tensor:
-    """Penultimate features of every image of a dataset.
+    """Penultimate features of every input of a dataset, through a Lightning predict pass.
 
-    Images are preprocessed per batch on uint8 tensors (:meth:`tta.backbones.ImagePreprocess.batch`)
-    and run through the frozen backbone under ``torch.inference_mode``; the result is an ordinary
-    (non-inference) tensor.
+    Inputs are preprocessed per batch (:meth:`tta.backbones.ImagePreprocess.batch`) in the DataLoader
+    and run through the frozen backbone by ``trainer.predict`` (inference mode). Under a distributed
+    strategy (``strategy="ddp", devices=N``, multi-node with ``num_nodes``) every rank extracts a share of
+    the batches and writes its shard; rank zero assembles them in index order, so the result is the same
+    rows in the same order as with one process (see :mod:`tta.data.extraction`).
 
     Args:
         backbone: The frozen encoder.
-        dataset: The images, in order.
-        batch_size: Images per forward pass.
+        dataset: The inputs (``dataset.inputs``, else ``dataset.images``), in order.
+        batch_size: Inputs per forward pass.
         num_workers: DataLoader worker processes doing the preprocessing (0: in the main process).
-        progress: Show a rich progress bar with images/s on stderr.
-        description: Label of the progress bar (default: the dataset's name and split).
+        progress: Show Lightning's progress bar.
+        description: Label of the log line (default: the dataset's name and split).
+        accelerator: Trainer ``accelerator`` (``"auto"``, ``"cpu"``, ``"gpu"``, ...).
+        devices: Trainer ``devices`` (default one device).
+        strategy: Trainer ``strategy`` (``"auto"``, ``"ddp"``, a Strategy instance).
+        num_nodes: Trainer ``num_nodes``.
+        trainer_kwargs: Further ``lightning.pytorch.Trainer`` arguments (they override the above).
+        shard_root: Directory, seen by every rank, for the temporary shards (default: the system
+            temporary directory; give a shared filesystem for multi-node runs).
+        store: Called once, on rank zero, with the assembled features (:func:`get_features` writes the
+            cache entry with it).
+        reload: With several ranks, how every rank reads the stored features back (after a barrier);
+            required with ``store``.
+        tag: Part of the temporary shard directory's name (the cache key).
 
     Returns:
-        float32 tensor ``(N, d)``, row ``i`` for image ``i``.
+        float32 tensor ``(N, d)`` on the CPU, row ``i`` for input ``i`` (on every rank).
     """
+    from tta.data.extraction import run_extraction
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n = len(dataset)
-    device = next(iter(backbone.parameters()), torch.empty(0)).device
-    loader = torch.utils.data.DataLoader(
-        _PreprocessedBatches(dataset.images, backbone.preprocess(), batch_size),
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        persistent_workers=False,
-    )
     label = description or f"{backbone.name} · {dataset.name}" + (
-        f" {dataset.split}" if dataset.split else ""
+        f" {dataset.split}" if getattr(dataset, "split", None) else ""
     )
-    backbone.eval()
-    chunks: list[Tensor] = []
     start = time.perf_counter()
-    with _progress(n, label, progress) as bar:
-        task = bar.add_task(label, total=n)
-        with torch.inference_mode():
-            for x in loader:
-                feats = backbone(x.to(device, non_blocking=True))
-                chunks.append(feats.float().cpu())
-                bar.advance(task, x.shape[0])
-    # torch.cat outside inference mode gives a normal tensor, usable in autograd graphs later
-    out = torch.cat(chunks) if chunks else torch.empty(0, backbone.feature_dim)
-    elapsed = time.perf_counter() - start
+    out = run_extraction(
+        backbone,
+        _inputs(dataset),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        trainer_kwargs=trainer_kwargs,
+        shard_root=shard_root,
+        store=store,
+        reload=reload,
+        tag=tag,
+    )
+    _log_rate(len(dataset), out, time.perf_counter() - start, label)
+    return out
+
+
+def _log_rate(n: int, out: Tensor, elapsed: float, label: str) -> None:
     log.info(
-        "extracted %d features (d=%d) in %.1f s (%.1f images/s): %s",
+        "extracted %d features (d=%d) in %.1f s (%.1f inputs/s): %s",
         n,
-        out.shape[1],
+        out.shape[1] if out.ndim == 2 else 0,
         elapsed,
         n / max(elapsed, 1e-9),
         label,
     )
-    return out
 
 
 def get_features(
@@ -187,19 +169,31 @@ def get_features(
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = True,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
+    strategy: str | Any = "auto",
+    num_nodes: int = 1,
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> ExtractedFeatures:
     """Features and labels of a task's split, from the cache when present.
 
-    On a miss (or a corrupt entry) the task is loaded, features are extracted and the entry is saved.
+    On a miss (or a corrupt entry) the task is loaded and features are extracted by a predict pass
+    (:func:`extract_features`); rank zero writes the cache entry and, with several ranks, every rank
+    reads it back (checksum verified) after a barrier.
 
     Args:
         backbone: The frozen encoder.
         spec: The task.
         split: ``"train"`` or ``"test"``.
         cache: The feature cache; ``None`` always extracts and stores nothing.
-        batch_size: Images per forward pass.
+        batch_size: Inputs per forward pass.
         num_workers: DataLoader workers for the preprocessing.
         progress: Show progress bars and a one-line cache hit/miss report on stderr.
+        accelerator: Trainer ``accelerator`` of the extraction.
+        devices: Trainer ``devices`` of the extraction.
+        strategy: Trainer ``strategy`` of the extraction (``"ddp"``: every rank extracts a shard).
+        num_nodes: Trainer ``num_nodes`` of the extraction.
+        trainer_kwargs: Further Trainer arguments of the extraction.
 
     Returns:
         ``(features (N, d) float32, labels (N,) int64)``, labels in ``0..k-1`` (see
@@ -227,7 +221,37 @@ def get_features(
         _report(progress, f"feature cache miss: {backbone.name} · {spec.describe()} {split} [{key[:12]}]")
     train, test = load_task(spec)
     dataset = train if split == "train" else test
+    labels = dataset.labels.clone()
     start = time.perf_counter()
+    store = reload = None
+    if cache is not None and key is not None:
+        entry_key, entry_cache = key, cache
+
+        def store(features: Tensor) -> None:
+            elapsed = time.perf_counter() - start
+            entry_cache.save(
+                entry_key,
+                features,
+                labels,
+                meta={
+                    "backbone": backbone.cache_key(),
+                    "task": asdict(spec),
+                    "split": split,
+                    "class_names": dataset.class_names,
+                    "n": len(dataset),
+                    "input_shape": list(_inputs(dataset).shape[1:])
+                    if isinstance(_inputs(dataset), Tensor)
+                    else None,
+                    "seconds": round(elapsed, 3),
+                    "inputs_per_second": round(len(dataset) / max(elapsed, 1e-9), 2),
+                    "torch": torch.__version__,
+                },
+            )
+
+        def reload() -> Tensor | None:
+            loaded = entry_cache.load(entry_key)
+            return None if loaded is None else loaded[0]
+
     features = extract_features(
         backbone,
         dataset,
@@ -235,34 +259,30 @@ def get_features(
         num_workers=num_workers,
         progress=progress,
         description=f"{backbone.name} · {spec.describe()} {split}",
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        trainer_kwargs=trainer_kwargs,
+        shard_root=cache.root if cache is not None else None,
+        store=store,
+        reload=reload,
+        tag=key or "",
     )
-    elapsed = time.perf_counter() - start
-    labels = dataset.labels.clone()
-    if cache is not None and key is not None:
-        from dataclasses import asdict
-
-        cache.save(
-            key,
-            features,
-            labels,
-            meta={
-                "backbone": backbone.cache_key(),
-                "task": asdict(spec),
-                "split": split,
-                "class_names": dataset.class_names,
-                "n": len(dataset),
-                "image_shape": list(dataset.images.shape[1:]),
-                "seconds": round(elapsed, 3),
-                "images_per_second": round(len(dataset) / max(elapsed, 1e-9), 2),
-                "torch": torch.__version__,
-            },
-        )
     return ExtractedFeatures(features, labels, dataset.class_names, cache_hit=False, key=key)
 
 
 def _report(show: bool, message: str) -> None:
     log.info(message)
-    if show:
+    if show and _is_rank_zero():
         from rich.console import Console
 
         Console(file=sys.stderr).print(message, highlight=False)
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process is global rank zero (from the launcher's environment variables)."""
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if var in os.environ:
+            return int(os.environ[var]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0

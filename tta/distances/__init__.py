@@ -6,8 +6,10 @@ r"""Order-1 Wasserstein distances between weighted, optionally labelled point cl
 
 Estimators (registered in :data:`tta.plugins.DISTANCES`): ``"exact"`` (:class:`ExactDistance`, POT's
 network simplex), ``"sinkhorn"`` (:class:`SinkhornDistance`, GeomLoss's debiased Sinkhorn with a blur
-relative to the data) and ``"auto"`` (:class:`AutoDistance`, exact where affordable). ``import
-tta.distances`` does not import POT, GeomLoss or KeOps; they load on first use.
+relative to the data), ``"auto"`` (:class:`AutoDistance`, exact where affordable) and ``"subsample"``
+(:class:`SubsampledDistance`, the mean of exact subsample solves with a confidence interval, in bounded
+memory, for 10⁵ points and more). ``import tta.distances`` does not import POT, GeomLoss or KeOps; they
+load on first use.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tta.distances.base import (
 )
 from tta.distances.exact import ExactDistance, emd_plan
 from tta.distances.sinkhorn import SinkhornDistance, data_scale
+from tta.distances.subsample import SubsampledDistance
 from tta.plugins import DISTANCES
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "ExactDistance",
     "LabelPath",
     "SinkhornDistance",
+    "SubsampledDistance",
     "choose_label_path",
     "create_distance",
     "data_scale",

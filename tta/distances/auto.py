@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from tta.distances.base import DistanceEstimator, SoftLabels
-from tta.distances.exact import ExactDistance
+from tta.distances.base import DistanceEstimator, SoftLabels, label_marginals
+from tta.distances.exact import ExactDistance, per_label_exact
 from tta.distances.sinkhorn import SinkhornDistance
 from tta.plugins import DISTANCES
 
@@ -82,6 +83,21 @@ class AutoDistance(DistanceEstimator):
 
     def _unlabelled(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return self._pick(x.shape[0], y.shape[0])._unlabelled(x, y, a, b)
+
+    def _per_label(
+        self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, x_labels: Tensor, y_labels: Tensor
+    ) -> Tensor:
+        with torch.no_grad():
+            src = (a.detach()[:, None] * x_labels.detach()) > 0  # (n, K)
+            tgt = (b.detach()[:, None] * y_labels.detach()) > 0  # (m, K)
+            active = (label_marginals(a.detach(), x_labels.detach()) > 0) & (
+                label_marginals(b.detach(), y_labels.detach()) > 0
+            )
+            sizes = list(zip(src.sum(0)[active].tolist(), tgt.sum(0)[active].tolist()))
+        if all(self._pick(n, m) is self.exact for n, m in sizes):
+            # every class is solved exactly: the fast path (one cost matrix per class, sparse gradient)
+            return per_label_exact(self, x, y, a, b, x_labels, y_labels, self.exact.max_iter)
+        return super()._per_label(x, y, a, b, x_labels, y_labels)
 
     def _joint(
         self,

@@ -153,6 +153,9 @@ class TaskTransferAnalysis(pl.LightningModule):
         return self.trainer.datamodule.features  # type: ignore[union-attr]
 
     def setup(self, stage: str) -> None:
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
+        if isinstance(ddp_kwargs, dict):  # each phase updates only its own parameters
+            ddp_kwargs.setdefault("find_unused_parameters", True)
         if self.transform is not None:
             return
         f = self.features

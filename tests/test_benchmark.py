@@ -1,0 +1,337 @@
+"""The benchmark harness: metrics, config validation, external tables, and the real harness end to end."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import tta.benchmark.runner as runner
+from tta._benchmark_cli import main as benchmark_main
+from tta.benchmark.config import BenchmarkConfigError, config_from_dict, load_config
+from tta.benchmark.metrics import correlations, kendall_tau, pearson, rel_at_k, weighted_tau
+from tta.benchmark.report import BOUND, correlation_table, score_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "conf" / "benchmark_tiny.yaml"
+TINY_FIT = ROOT / "tests" / "conf" / "tiny.yaml"
+OFFLINE = ROOT / "configs" / "benchmarks" / "offline.yaml"
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def test_metrics_match_scipy_and_closed_forms():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=9), rng.normal(size=9)
+    assert pearson(s, t) == pytest.approx(stats.pearsonr(s, t)[0], abs=1e-12)
+    assert kendall_tau(s, t) == pytest.approx(stats.kendalltau(s, t)[0], abs=1e-12)
+    assert weighted_tau(s, t) == pytest.approx(stats.weightedtau(s, t)[0], abs=1e-12)
+    # with rank=True (the default) SciPy averages the weighings by (score, truth) and (truth, score)
+    for a, b in (rng.normal(size=(2, 7)) for _ in range(5)):
+        assert weighted_tau(a, b) == pytest.approx(weighted_tau(b, a), abs=1e-12)
+    up = np.arange(6.0)
+    assert weighted_tau(up, up**2) == pytest.approx(1.0)
+    assert weighted_tau(-up, up) == pytest.approx(-1.0)
+    assert kendall_tau(up, -(up**3)) == pytest.approx(-1.0)
+    # undefined cases give nan, never a number
+    assert math.isnan(pearson([1.0, 2.0], [1.0, 2.0]))
+    assert math.isnan(weighted_tau([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    assert math.isnan(kendall_tau([1.0, 2.0, np.nan], [1.0, 2.0, 3.0]))  # 2 finite pairs
+
+
+def test_rel_at_k():
+    truth = [0.50, 0.90, 0.70, 0.80]
+    score = [4.0, 1.0, 3.0, 2.0]  # ranks candidates 0, 2, 3, 1
+    assert rel_at_k(score, truth, 1) == pytest.approx(0.5 / 0.9)
+    assert rel_at_k(score, truth, 3) == pytest.approx(0.8 / 0.9)
+    assert rel_at_k(score, truth, 4) == pytest.approx(1.0)
+    assert math.isnan(rel_at_k([1.0, 1.0, 1.0], truth[:3], 1))  # no ranking at all
+    assert math.isnan(rel_at_k([1.0], [0.5], 1))
+    with pytest.raises(ValueError, match="k must be"):
+        rel_at_k(score, truth, 0)
+    m = correlations(score, truth)
+    assert m["n"] == 4 and m["rel@1"] == pytest.approx(0.5 / 0.9)
+
+
+def _record(pid, backbone, target, bound, acc, ce, logme):
+    return {
+        "pair_id": pid,
+        "backbone": backbone,
+        "reference": "ref",
+        "target": target,
+        "bound": bound,
+        "terms": {},
+        "timings": {"bound": 0.1},
+        "ground_truth": {"probe_acc": acc, "probe_ce": ce, "standard_probe_acc": acc},
+        "estimators": {"logme": {"value": logme, "status": "ok", "higher_is_better": True, "seconds": 0.0}},
+    }
+
+
+def test_bound_is_sign_aligned_before_correlation():
+    # a lower bound goes with a higher accuracy: after negation the bound ranks perfectly
+    recs = [
+        _record(f"p{i}", f"b{i}", "t", b, a, c, lm)
+        for i, (b, a, c, lm) in enumerate(
+            [(3.0, 0.5, 1.5, 0.1), (2.0, 0.7, 1.0, 0.3), (1.0, 0.9, 0.4, 0.2), (4.0, 0.3, 2.0, 0.0)]
+        )
+    ]
+    rows = score_rows(recs)
+    assert [r["aligned_score"] for r in rows if r["estimator"] == BOUND] == [-3.0, -2.0, -1.0, -4.0]
+    table = correlation_table(rows)
+    pooled = {(r["estimator"], r["truth"]): r for r in table if r["group"] == "pooled"}
+    assert pooled[(BOUND, "probe_acc")]["kendall_tau"] == pytest.approx(1.0)
+    assert pooled[(BOUND, "probe_ce")]["kendall_tau"] == pytest.approx(1.0)  # CE is negated too
+    assert pooled[(BOUND, "probe_acc")]["rel@1"] == pytest.approx(1.0)
+    expected = stats.weightedtau([0.1, 0.3, 0.2, 0.0], [0.5, 0.7, 0.9, 0.3])[0]
+    assert pooled[("logme", "probe_acc")]["weighted_tau"] == pytest.approx(expected)
+    assert pooled[("logme", "probe_acc")]["rel@1"] == pytest.approx(0.7 / 0.9)
+
+
+# -------------------------------------------------------------------------------------------- config
+def test_config_grid_pairs_and_errors():
+    raw = {
+        "backbones": {"a": {"name": "efficientnet_lite0", "init_args": {"image_size": 32}}, "b": "timm/x"},
+        "tasks": {
+            "r": {"dataset": "digits", "classes": [0, 1]},
+            "t1": "digits",
+            "t2": {"dataset": "mnist_5k"},
+        },
+        "grid": {"backbones": ["a", "b"], "references": ["r"], "targets": ["t1", "t2"]},
+        "pairs": [{"backbone": "a", "reference": "r", "target": "t1"}],  # a duplicate of a grid pair
+        "model": {"transform": {"steps": 7}, "probe": {"steps": 3}},
+    }
+    config = config_from_dict(raw)
+    assert [p.label for p in config.pairs] == ["a · r → t1", "b · r → t1", "a · r → t2", "b · r → t2"]
+    assert config.model.transform.steps == 7 and config.model.probe.steps == 3
+    assert config.model.probe.w_gp == 1e4 and config.estimators is None
+    with pytest.raises(BenchmarkConfigError, match="unknown top-level field"):
+        config_from_dict({**raw, "pair": []})
+    with pytest.raises(BenchmarkConfigError, match="defines no pairs"):
+        config_from_dict({"tasks": raw["tasks"]})
+    with pytest.raises(BenchmarkConfigError, match="fine_tune"):
+        config_from_dict({**raw, "fine_tune": True})
+    with pytest.raises(BenchmarkConfigError, match=r"model.transform: unknown field\(s\) \['stepz'\]"):
+        config_from_dict({**raw, "model": {"transform": {"stepz": 1}}})
+    with pytest.raises(BenchmarkConfigError, match=r"pairs\[0\] must be a mapping"):
+        config_from_dict({**raw, "pairs": [{"backbone": "a", "target": "t1"}]})
+
+
+def test_shipped_offline_config_is_valid():
+    config = load_config(OFFLINE)
+    assert len(config.pairs) >= 12
+    datasets = {p.target.dataset for p in config.pairs} | {p.reference.dataset for p in config.pairs}
+    from tta.plugins import BACKBONES, DATASETS
+
+    assert datasets <= set(DATASETS.names())
+    assert {p.backbone.name for p in config.pairs} <= set(BACKBONES.names())
+    # a zoo: at least three targets with three or more candidate backbones each
+    targets = {p.target_name for p in config.pairs}
+    zoo = [t for t in targets if len({p.backbone_name for p in config.pairs if p.target_name == t}) >= 3]
+    assert len(zoo) >= 3
+
+
+# -------------------------------------------------------------------------------------------- external
+def test_external_table(tmp_path, capsys):
+    rows = [  # model, target, accuracy, logme, bound (lower is better), imagenet_top1
+        ("m1", "t1", 90.0, 0.9, 1.0, 80.0),
+        ("m2", "t1", 80.0, 0.7, 2.0, 70.0),
+        ("m3", "t1", 70.0, 0.8, 3.0, 75.0),
+        ("m4", "t1", 60.0, 0.1, 4.0, 60.0),
+        ("m1", "t2", 50.0, 0.2, 2.5, 80.0),
+        ("m2", "t2", 65.0, 0.6, 1.5, 70.0),
+        ("m3", "t2", 55.0, 0.5, 2.0, 75.0),
+        ("m4", "t2", 40.0, 0.1, 3.0, 60.0),
+    ]
+    path = tmp_path / "table.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "target", "accuracy", "logme", "bound", "imagenet_top1", "note"])
+        for r in rows:
+            w.writerow([*r, "text"])
+    out = tmp_path / "out"
+    code = benchmark_main(["--external", str(path), "--lower-is-better", "bound", "--output", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["external"]["scores"] == ["logme", "bound", "imagenet_top1"]
+    assert summary["external"]["ignored_columns"] == ["note"]
+    table = {(r["estimator"], r["group"]): r for r in summary["correlations"]}
+    acc = {t: [r[2] for r in rows if r[1] == t] for t in ("t1", "t2")}
+    for col, idx, sign in (("logme", 3, 1), ("bound", 4, -1), ("imagenet_top1", 5, 1)):
+        for t in ("t1", "t2"):
+            s = [sign * r[idx] for r in rows if r[1] == t]
+            assert table[(col, t)]["weighted_tau"] == pytest.approx(stats.weightedtau(s, acc[t])[0])
+            assert table[(col, t)]["kendall_tau"] == pytest.approx(stats.kendalltau(s, acc[t])[0])
+    assert table[("bound", "t1")]["kendall_tau"] == pytest.approx(1.0)  # negated, then perfect
+    assert table[("imagenet_top1", "t2")]["rel@1"] == pytest.approx(50.0 / 65.0)  # static picks m1
+    assert table[("imagenet_top1", "pooled")]["rel@1"] == pytest.approx((1.0 + 50.0 / 65.0) / 2)
+    assert (out / "report.md").read_text().count("weightedtau(score, truth)") >= 1
+    assert "pooled correlations" in capsys.readouterr().out
+    # bad input: one clear message, exit status 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,accuracy\nm1,0.5\n")
+    assert benchmark_main(["--external", str(bad), "--output", str(tmp_path / "o2")]) == 2
+    assert "needs a 'model' (or 'backbone') column and a 'target' column" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- harness end to end
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """Run the tiny benchmark three times: a pair fails, a rerun completes it, a third rerun reuses all."""
+    work = tmp_path_factory.mktemp("bench")
+    cache, out = work / "cache", work / "out"
+    args = ["--config", str(TINY), "--output", str(out), "--cache-dir", str(cache), "--no-progress"]
+    original = runner.fit_bound
+    calls = []
+
+    def failing(features, settings, seed, root_dir):
+        calls.append(features.feature_dim)
+        if len(calls) == 2:  # the second pair dies mid-way
+            raise RuntimeError("simulated crash")
+        return original(features, settings, seed, root_dir)
+
+    runner.fit_bound = failing
+    try:
+        first = benchmark_main(args)
+    finally:
+        runner.fit_bound = original
+    files_after_first = sorted(p.name for p in (out / "pairs").glob("*.json"))
+    summary_first = json.loads((out / "summary.json").read_text())
+    second = benchmark_main(args)
+    summary_second = json.loads((out / "summary.json").read_text())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "pairs").glob("*.json")}
+    third = benchmark_main(args)
+    summary_third = json.loads((out / "summary.json").read_text())
+    mtimes_after = {p.name: p.stat().st_mtime_ns for p in (out / "pairs").glob("*.json")}
+    return {
+        "work": work,
+        "out": out,
+        "codes": (first, second, third),
+        "files_after_first": files_after_first,
+        "summaries": (summary_first, summary_second, summary_third),
+        "mtimes": (mtimes, mtimes_after),
+    }
+
+
+def test_harness_resumes_and_retries(harness):
+    first, second, third = harness["codes"]
+    s1, s2, s3 = harness["summaries"]
+    assert first == 1 and second == 0 and third == 0
+    assert len(s1["computed"]) == 2 and len(s1["failed"]) == 1 and not s1["resumed"]
+    assert "simulated crash" in next(iter(s1["failed"].values()))
+    assert len(harness["files_after_first"]) == 2
+    assert len(s2["computed"]) == 1 and len(s2["resumed"]) == 2 and not s2["failed"]
+    assert s3["computed"] == [] and len(s3["resumed"]) == 3
+    assert harness["mtimes"][0] == harness["mtimes"][1]  # nothing rewritten on the last rerun
+
+
+def test_harness_outputs(harness):
+    out = harness["out"]
+    for name in ("scores.csv", "pairs.csv", "correlations.csv", "summary.json", "report.md"):
+        assert (out / name).is_file(), name
+    for name in ("scatter_bound_vs_ce.png", "bound_decomposition.png", "correlations.png"):
+        assert (out / name).stat().st_size > 5000, name
+    records = [json.loads(p.read_text()) for p in sorted((out / "pairs").glob("*.json"))]
+    assert len(records) == 3
+    for r in records:
+        t = r["terms"]
+        assert r["bound"] == pytest.approx(t["weighted_source_loss"] + t["conditional_entropy"] + t["tau_w1"])
+        assert r["gap"] == pytest.approx(r["bound"] - r["ground_truth"]["probe_ce"])
+        assert 0.0 <= r["ground_truth"]["probe_acc"] <= 1.0
+        assert set(r["timings"]) >= {"features", "bound", "estimators", "ground_truth", "total"}
+        assert all(v >= 0 for v in r["timings"].values())
+    with (out / "scores.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    summary = json.loads((out / "summary.json").read_text())
+    names = summary["estimators"]
+    assert len(names) == 15 and len(rows) == 3 * (1 + len(names))
+    by = {(r["pair_id"], r["estimator"]): r for r in rows}
+    for r in records:
+        bound_row = by[(r["pair_id"], BOUND)]
+        assert float(bound_row["aligned_score"]) == pytest.approx(-r["bound"])
+        assert float(bound_row["probe_acc"]) == pytest.approx(r["ground_truth"]["probe_acc"])
+        # LEEP/NCE ran on h_S's softmax; static read the metadata
+        for name in ("leep", "nce", "logme", "hscore", "static"):
+            assert by[(r["pair_id"], name)]["status"] == "ok", by[(r["pair_id"], name)]["reason"]
+        assert float(by[(r["pair_id"], "static")]["score"]) == 75.1
+        # the pool of digits01 is two backbones: NCTI/ETran are min-max normalised over it
+        assert by[(r["pair_id"], "ncti")]["status"] == "ok"
+    ncti = sorted({float(by[(r["pair_id"], "ncti")]["score"]) for r in records})
+    assert -1.0 <= ncti[0] <= ncti[-1] <= 2.0 and len(ncti) == 2
+    report = (out / "report.md").read_text()
+    assert "sign-aligned" in report and "weightedtau(score, truth)" in report
+    assert "bound_decomposition.png" in report
+
+
+def test_harness_on_error_raise(harness, tmp_path):
+    """``on_error: raise`` stops at the failing pair; what finished before stays stored and is reused."""
+    import shutil
+
+    config = load_config(TINY)
+    config.output_dir = str(tmp_path / "out")
+    config.cache_dir = str(harness["work"] / "cache")
+    config.on_error = "raise"
+    shutil.copytree(harness["out"] / "pairs", tmp_path / "out" / "pairs")
+    victim = sorted((tmp_path / "out" / "pairs").glob("lite0_48__*.json"))
+    assert len(victim) == 1
+    victim[0].unlink()  # as if the run had been killed while computing this pair
+    original = runner.fit_bound
+
+    def failing(*a, **k):
+        raise RuntimeError("killed")
+
+    runner.fit_bound = failing
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            runner.run_benchmark(config, progress=False)
+    finally:
+        runner.fit_bound = original
+    assert len(list((tmp_path / "out" / "pairs").glob("*.json"))) == 2
+    rerun = runner.run_benchmark(config, progress=False)
+    assert len(rerun.resumed) == 2 and len(rerun.computed) == 1 and not rerun.failed
+    assert rerun.computed[0].startswith("lite0_48__")
+
+
+@pytest.mark.slow
+def test_benchmark_bound_equals_tta_fit(harness):
+    """Pair 1 of the tiny benchmark is tests/conf/tiny.yaml: `tta fit` must report the same bound."""
+    work = harness["work"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "tta.cli",
+        "fit",
+        "--config",
+        str(TINY_FIT),
+        "--trainer.default_root_dir",
+        str(work / "fit"),
+        "--data.cache_dir",
+        str(work / "cache"),
+    ]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit = json.loads(next((work / "fit").rglob("result.json")).read_text())
+    pair = next(
+        json.loads(p.read_text())
+        for p in (harness["out"] / "pairs").glob("lite0_32__fmnist3__digits01__*.json")
+    )
+    assert pair["bound"] == pytest.approx(fit["bound"], rel=1e-6)
+    assert pair["ground_truth"]["probe_ce"] == pytest.approx(fit["probe"]["target_ce"], rel=1e-6)
+
+
+def test_help_and_bad_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark_main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--external" in text and "weightedtau(score, truth)" in text
+    assert "restarts where it stopped" in " ".join(text.split())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pairs: []\ntasks: {}\n")
+    assert benchmark_main(["--config", str(bad), "--output", str(tmp_path / "o")]) == 2
+    assert "defines no pairs" in capsys.readouterr().err

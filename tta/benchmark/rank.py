@@ -1,0 +1,187 @@
+"""Rank candidate backbones (or candidate reference tasks) for one target by the tta bound.
+
+Each candidate is one (backbone, reference, target) pair fitted exactly as in the benchmark
+(:func:`tta.benchmark.runner.run_pair`, no baseline estimators). Lower bound = better candidate. Each
+row says *why* through the share of the three terms in the bound (:func:`explain`): the weighted
+source loss (the reference classifier itself is poor on its own task), the label mismatch
+H(Y_T|Y_S) (the target's classes do not map onto the reference's), or the feature distance τ̂·W₁ (the
+target's features sit far from the transformed reference's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tta.benchmark.config import BenchmarkConfig, PairSpec
+
+__all__ = ["TERM_LABELS", "Ranking", "explain", "rank_candidates", "ranking_table", "term_legend"]
+
+#: The bound's terms: record key -> (short label, "why" phrase, what it means when it dominates).
+TERM_LABELS: dict[str, tuple[str, str, str]] = {
+    "weighted_source_loss": (
+        "source loss",
+        "source loss dominates",
+        "the reference classifier h_S is weak on its own reference task",
+    ),
+    "conditional_entropy": (
+        "H(Y_T|Y_S)",
+        "label mismatch dominates",
+        "the target's classes do not map one-to-one onto the reference's",
+    ),
+    "tau_w1": (
+        "τ·W₁",
+        "feature distance dominates",
+        "the target features sit far from the transformed reference features",
+    ),
+}
+
+
+def explain(terms: dict[str, float]) -> tuple[str, float, str]:
+    """Which term of the bound dominates, its share of the bound, and a one-line "why".
+
+    Args:
+        terms: The record's ``terms`` (``weighted_source_loss``, ``conditional_entropy``, ``tau_w1``).
+
+    Returns:
+        ``(term key, share in [0, 1], text)``; the text reads e.g. ``"label mismatch dominates (62% of
+        the bound)"``.
+    """
+    parts = {k: max(float(terms[k]), 0.0) for k in TERM_LABELS}
+    total = sum(parts.values())
+    key = max(parts, key=lambda k: parts[k])
+    share = parts[key] / total if total > 0 else 0.0
+    return key, share, f"{TERM_LABELS[key][1]} ({share:.0%} of the bound)"
+
+
+@dataclass
+class Ranking:
+    """The result of :func:`rank_candidates`.
+
+    Attributes:
+        records: Candidate records, best (lowest bound) first; each has ``candidate``, ``rank`` and
+            ``why``.
+        kind: ``backbones`` or ``references`` (what was ranked).
+        label_free: ``None`` when the target's labels were used, else how the pseudo-labels were made
+            and why.
+    """
+
+    records: list[dict[str, Any]]
+    kind: str
+    label_free: dict[str, Any] | None
+
+
+def rank_candidates(
+    pairs: Sequence[PairSpec],
+    config: BenchmarkConfig,
+    kind: str,
+    label_free: bool = False,
+    pseudo_labels: str = "kmeans",
+    num_classes: int | None = None,
+    features: Sequence[Any] | None = None,
+) -> Ranking:
+    """Fit the bound of every candidate pair and sort them by it.
+
+    Args:
+        pairs: One pair per candidate, all with the same target.
+        config: Fit settings, seed, cache.
+        kind: ``backbones`` or ``references``: which element of the pairs varies.
+        label_free: Ignore the target labels and use pseudo-labels. Switched on automatically when the
+            target has no labels (any label negative).
+        pseudo_labels: ``kmeans`` (cluster ids) or ``transformed`` (k-means, fit, then the predictions
+            of the transformed classifier, fit again); see :mod:`tta.benchmark.labelfree`.
+        num_classes: Number of pseudo-classes; default the number of target classes (required when the
+            target has no labels).
+        features: Precomputed feature pairs, one per candidate (skips extraction).
+
+    Returns:
+        The :class:`Ranking`.
+
+    Raises:
+        ValueError: On an empty zoo, pairs with different targets, an unknown ``pseudo_labels``, or a
+            label-free target without ``num_classes``.
+    """
+    from tta.benchmark import labelfree as lf
+    from tta.benchmark.runner import fit_bound, run_pair
+
+    if not pairs:
+        raise ValueError("the zoo is empty: give at least one candidate")
+    if len({(p.target_name, repr(p.target)) for p in pairs}) != 1:
+        raise ValueError("every candidate must share the same target task")
+    if pseudo_labels not in ("kmeans", "transformed"):
+        raise ValueError(f"pseudo_labels must be 'kmeans' or 'transformed', got {pseudo_labels!r}")
+    notes: list[dict[str, Any]] = []
+
+    def relabel(fp: Any) -> tuple[Any, dict[str, Any] | None]:
+        labelled = lf.has_labels(fp.target_train[1]) and lf.has_labels(fp.target_test[1])
+        if label_free is False and labelled:
+            return fp, None
+        reason = "requested (--label-free)" if label_free else "the target has no labels"
+        k = num_classes or (fp.num_target_classes if labelled else None)
+        if k is None:
+            raise ValueError("the target has no labels: give the number of pseudo-classes (--num-classes K)")
+        y_tr, y_te = lf.kmeans_pseudo_labels(fp.target_train[0], fp.target_test[0], k, config.seed)
+        out = lf.with_target_labels(fp, y_tr, y_te, k)
+        note = {"method": "kmeans", "k": k, "reason": reason, "seed": config.seed}
+        if pseudo_labels == "transformed":
+            model, _ = fit_bound(out, config.model, config.seed, config.output_dir)
+            y_tr = lf.transformed_predictions(model, out.target_train[0])
+            y_te = lf.transformed_predictions(model, out.target_test[0])
+            out = lf.with_target_labels(out, y_tr, y_te, k, prefix="pred")
+            note["method"] = "transformed classifier predictions (after k-means)"
+        notes.append(note)
+        return out, note
+
+    records = []
+    for i, pair in enumerate(pairs):
+        record, _, _ = run_pair(
+            pair, config, [], features=None if features is None else features[i], relabel=relabel
+        )
+        record["candidate"] = pair.backbone_name if kind == "backbones" else pair.reference_name
+        key, share, why = explain(record["terms"])
+        record["dominant_term"], record["dominant_share"], record["why"] = key, share, why
+        records.append(record)
+    records.sort(key=lambda r: r["bound"])
+    for i, r in enumerate(records, start=1):
+        r["rank"] = i
+    return Ranking(records=records, kind=kind, label_free=notes[0] if notes else None)
+
+
+def ranking_table(ranking: Ranking, target: str) -> Any:
+    """A rich table: rank, candidate, bound, its three terms, the share of the dominant term, why."""
+    from rich.table import Table
+
+    title = f"candidate {ranking.kind} for target {target}, ranked by the tta bound (lower is better)"
+    if ranking.label_free:
+        title += (
+            f"\nLABEL-FREE: pseudo-labels from {ranking.label_free['method']}, k={ranking.label_free['k']}"
+        )
+    table = Table(title=title, show_lines=False)
+    for col in ("rank", "candidate", "bound", "source loss", "H(Y_T|Y_S)", "τ·W₁"):
+        table.add_column(
+            col,
+            justify="left" if col == "candidate" else "right",
+        )
+    if not ranking.label_free:
+        table.add_column("probe acc", justify="right")
+    table.add_column("why", ratio=1, min_width=12)
+    for r in ranking.records:
+        t = r["terms"]
+        row = [
+            str(r["rank"]),
+            r["candidate"],
+            f"{r['bound']:.3f}",
+            f"{t['weighted_source_loss']:.3f}",
+            f"{t['conditional_entropy']:.3f}",
+            f"{t['tau_w1']:.3f}",
+        ]
+        if not ranking.label_free:
+            row.append(f"{r['ground_truth']['probe_acc']:.3f}")
+        table.add_row(*row, r["why"])
+    return table
+
+
+def term_legend() -> str:
+    """One line per term: what it means when it dominates (printed under the ranking table)."""
+    return "\n".join(f"{label}: {why} — {meaning}" for label, why, meaning in TERM_LABELS.values())
