@@ -77,6 +77,8 @@ def variant_config(name: str, default_steps: int | None) -> tuple[Any, str]:
         return TransformConfig(**kw), "auto"
     if name == "default+stop":
         return TransformConfig(patience=3, **kw), "auto"
+    if name == "default+stop1%":
+        return TransformConfig(patience=2, min_improvement=0.01, **kw), "auto"
     if name == "default-150":  # the step count of configs/demo.yaml
         return TransformConfig(steps=150), "auto"
     if name == "default-dense-grad":
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="default,default+stop",
-        help="default-mode variants: default, default+stop (patience=3), default-150 (steps=150, as "
+        help="default-mode variants: default, default+stop (patience=3), default+stop1%% (patience=2, "
+        "min_improvement=0.01), default-150 (steps=150, as "
         "configs/demo.yaml), default-dense-grad (without the per-label fast path)",
     )
     parser.add_argument("--head-steps", type=int, default=300, help="steps of the reference classifier")

@@ -111,3 +111,34 @@ def test_linear_probe_standalone(tmp_path):
     out = trainer.test(probe, datamodule=data, verbose=False)[0]
     assert out["test/probe_acc"] > 0.9
     assert 0 < out["test/probe_ce"] < 1.4
+
+
+def test_patience_ends_the_transform_phase_in_the_module(tmp_path):
+    """A frozen transform (zero learning rates) never improves: with patience 2 and a score every
+    step, steps 0 and 1 are stale and the phase stops at step 2; the fit still ends with the best state."""
+    model = _model(select_every=1, patience=2, lr=0.0, lr_prior=0.0, lr_feature_map=0.0)
+    data = TaskPairDataModule.from_features(_features(), eval_batch_size=50)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=data)
+    assert int(model.step_counter) == model.total_steps  # the remaining steps ran as no-ops
+    assert model.timings["transform_stopped_at"] == 2.0
+    assert model.timings["selected_step"] == -1.0  # the initial state: nothing beat it
+    trainer.test(model, datamodule=data, verbose=False)
+    assert torch.isfinite(torch.tensor(model.result["bound"]))
+
+
+def test_selection_subset_keeps_every_class():
+    from tta.fitting import selection_subset
+
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 1000, (5000,), generator=generator)
+    y[:1000] = torch.arange(1000)  # every class present at least once
+    z = torch.randn(5000, 3, generator=generator)
+    sz, sy = selection_subset((z, y), 2000, seed=3)
+    assert sz.shape == (2000, 3) and set(sy.tolist()) == set(range(1000))
+    again = selection_subset((z, y), 2000, seed=3)
+    assert torch.equal(again[0], sz) and torch.equal(again[1], sy)  # seeded
+    rows = {tuple(r) for r in z.tolist()}
+    assert all(tuple(r) in rows for r in sz.tolist())  # rows of the data, with their labels
+    small = selection_subset((z, y), 10, seed=0)  # fewer points than classes: one per class
+    assert small[0].shape[0] == 1000 and set(small[1].tolist()) == set(range(1000))

@@ -350,7 +350,7 @@ def test_providers(install):
 def test_autoload_can_be_disabled(install, monkeypatch):
     install(_ep("good", f"{SYNTH_MODULE}:GoodDistance"))
     monkeypatch.setenv(P.ENV_DISABLE, "1")
-    assert P.DISTANCES.names() == ["auto", "exact", "sinkhorn"]
+    assert P.DISTANCES.names() == ["auto", "exact", "sinkhorn", "subsample"]
     assert [i.name for i in P.DISTANCES.entries() if not i.builtin] == []
     with pytest.raises(
         P.PluginNotFoundError, match=r"declared by dist-a, but third-party plugins are disabled"
@@ -642,7 +642,7 @@ def test_core_import_checks_pass_with_autoload_disabled(example_plugin):
     assert f"{len(tests)} passed" in proc.stdout
     probe = "from tta import plugins; print(sorted(plugins.DISTANCES.names()))"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "['auto', 'exact', 'sinkhorn']", out.stderr
+    assert out.stdout.strip() == "['auto', 'exact', 'sinkhorn', 'subsample']", out.stderr
 
 
 # Runs pytest in a fresh interpreter where the example plugin is invisible, as after

@@ -518,12 +518,27 @@ def step_objective(
 
 
 def selection_subset(data: tuple[Tensor, Tensor], points: int, seed: int) -> tuple[Tensor, Tensor]:
-    """A fixed, seeded subset of at most ``points`` rows of ``(features, labels)``."""
+    """A fixed, seeded subset of at most ``points`` rows of ``(features, labels)`` holding every class.
+
+    One random row of each class is taken first (so that a task with many classes, e.g. 1000 reference
+    classes and ``points = 2000``, keeps them all), then the rest at random; when there are more classes
+    than ``points``, the subset grows to one row per class.
+    """
     z, y = data
     if z.shape[0] <= points:
         return z, y
-    idx = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:points]
-    return z[idx], y[idx.to(y.device)]
+    generator = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(z.shape[0], generator=generator)
+    labels = y.detach().cpu()[perm]
+    first = torch.ones_like(labels, dtype=torch.bool)  # first occurrence of each class along perm
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    first_sorted = torch.ones_like(first)
+    first_sorted[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    first[order] = first_sorted
+    rest = perm[~first][: max(points - int(first.sum()), 0)]
+    idx = torch.sort(torch.cat([perm[first], rest])).values
+    return z[idx.to(z.device)], y[idx.to(y.device)]
 
 
 class BestTransform:

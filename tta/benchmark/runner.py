@@ -157,6 +157,7 @@ def fit_bound(features: Any, settings: ModelSettings, seed: int, root_dir: str |
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*`training_step` returns `None`.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
             trainer = pl.Trainer(
                 max_epochs=1,
                 logger=False,

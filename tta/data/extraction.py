@@ -300,8 +300,8 @@ def _quiet_lightning() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*it is recommended to use `Trainer\(devices=1")
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices.*")
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+            warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices.*")
             warnings.filterwarnings("ignore", message=r".*`trainer.predict\(\)`.*DistributedSampler.*")
             yield
     finally:

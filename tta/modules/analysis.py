@@ -228,6 +228,8 @@ class TaskTransferAnalysis(pl.LightningModule):
             self._log_step(
                 {f"train/{phase}_loss": loss, **{f"train/{phase}_{k}": v for k, v in parts.items()}}
             )
+        elif phase == "transform" and self._converged(local):
+            pass  # transform.patience: the selection bound stopped improving; the remaining steps are no-ops
         elif phase == "transform":
             assert self.transform is not None and self.source_head is not None
             p_t = B.label_prior(f.target_train[1], f.num_target_classes).to(self.device)
@@ -260,6 +262,19 @@ class TaskTransferAnalysis(pl.LightningModule):
         if int(self.step_counter) == self.total_steps:
             self._finish_fit()  # before the end-of-epoch checkpoint, so that it holds the final transform
         self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
+
+    def _converged(self, local: int) -> bool:
+        """Whether convergence-based stopping (``transform.patience > 0``) has ended the transform phase.
+
+        Recorded as ``timings["transform_stopped_at"]`` (the first transform step skipped), beside
+        ``timings["selected_step"]``.
+        """
+        patience = self.transform_config.patience
+        best = self._best_transform() if patience > 0 else None
+        if best is None or best.stale < patience:
+            return False
+        self.timings.setdefault("transform_stopped_at", float(local))
+        return True
 
     def _log_step(self, values: dict[str, Any], force: bool = False) -> None:
         """Log one step's values straight to the logger, every ``log_every_n_steps`` steps.
