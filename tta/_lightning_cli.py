@@ -17,6 +17,14 @@ from tta.results import config_hash, format_result, versions, write_json_atomic
 __all__ = ["TTACLI", "run"]
 
 
+def _default_class_paths(cls: type) -> set[str]:
+    """The import paths jsonargparse may print for ``cls`` (its module's, and the shortest public one)."""
+    paths = {f"{cls.__module__}.{cls.__name__}", f"tta.{cls.__name__}"}
+    parts = cls.__module__.split(".")
+    paths.update(f"{'.'.join(parts[:i])}.{cls.__name__}" for i in range(1, len(parts)))
+    return paths
+
+
 class TTACLI(LightningCLI):
     """LightningCLI whose ``fit`` ends with a test pass and whose runs end with a JSON result record."""
 
@@ -43,8 +51,18 @@ class TTACLI(LightningCLI):
         self._report("test")
 
     def _config_dict(self) -> dict[str, Any]:
+        """The run's config; ``model``/``data`` of the default classes in their short form (no class_path).
+
+        The short form is what configs are written in, a valid input again, and what result records held
+        before other modules could be given: ``config["model"]["backbone"]`` keeps its meaning.
+        """
         sub = self.config[self.config["subcommand"]] if "subcommand" in self.config else self.config
-        return sub.clone().as_dict()
+        config = sub.clone().as_dict()
+        for key, cls in (("model", TaskTransferAnalysis), ("data", TaskPairDataModule)):
+            node = config.get(key)
+            if isinstance(node, dict) and node.get("class_path") in _default_class_paths(cls):
+                config[key] = node.get("init_args") or {}
+        return config
 
     def _report(self, stage: str) -> None:
         model: TaskTransferAnalysis = self.model  # type: ignore[assignment]

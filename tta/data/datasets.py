@@ -76,8 +76,27 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not on this machine; the message says how to get them."""
 
 
+class _Labelled:
+    """What every dataset type shares: integer ``labels`` ``(N,)`` and ``class_names``."""
+
+    labels: Tensor
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (``len(class_names)``)."""
+        return len(self.class_names)
+
+    def class_counts(self) -> Tensor:
+        """Number of samples of each class, ``(num_classes,)``."""
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(_Labelled):
     """Images and integer labels held in memory.
 
     Args:
@@ -113,14 +132,6 @@ class ImageDataset:
                     f"{self.name}: labels span {lo}..{hi} but there are {len(self.class_names)} class names"
                 )
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (``len(class_names)``)."""
-        return len(self.class_names)
-
     @property
     def inputs(self) -> Tensor:
         """What a backbone consumes: the uint8 images ``(N, H, W[, C])`` (read-only alias of ``images``)."""
@@ -145,10 +156,6 @@ class ImageDataset:
             split=self.split if split is None else split,
         )
 
-    def class_counts(self) -> Tensor:
-        """Number of samples of each class, ``(num_classes,)``."""
-        return torch.bincount(self.labels, minlength=self.num_classes)
-
     def __repr__(self) -> str:
         return (
             f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
@@ -168,7 +175,7 @@ def _check_labels(name: str, labels: Tensor, n: int, class_names: Sequence[str])
 
 
 @dataclass
-class TextDataset:
+class TextDataset(_Labelled):
     """Texts and integer labels held in memory (same API as :class:`ImageDataset`).
 
     Args:
@@ -200,11 +207,6 @@ class TextDataset:
         return len(self.texts)
 
     @property
-    def num_classes(self) -> int:
-        """Number of classes (``len(class_names)``)."""
-        return len(self.class_names)
-
-    @property
     def inputs(self) -> list[str]:
         """What a backbone consumes: the texts (a copy of the list, so the dataset cannot be changed)."""
         return list(self.texts)
@@ -228,10 +230,6 @@ class TextDataset:
             split=self.split if split is None else split,
         )
 
-    def class_counts(self) -> Tensor:
-        """Number of samples of each class, ``(num_classes,)``."""
-        return torch.bincount(self.labels, minlength=self.num_classes)
-
     def __repr__(self) -> str:
         return (
             f"TextDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
@@ -240,7 +238,7 @@ class TextDataset:
 
 
 @dataclass
-class LazyImageDataset:
+class LazyImageDataset(_Labelled):
     """Images decoded on demand from a source (a torchvision dataset or a list of files), resized to a square.
 
     Loaders of large sets of variable-size images (DTD, Pets, ImageNet, an image folder…) return this:
@@ -278,14 +276,6 @@ class LazyImageDataset:
             self.name, torch.as_tensor(self.labels), int(self.indices.shape[0]), self.class_names
         )
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (``len(class_names)``)."""
-        return len(self.class_names)
-
     def subset(self, indices: Tensor | Sequence[int], split: str | None = None) -> LazyImageDataset:
         """The samples at ``indices`` (nothing decoded), optionally relabelled as another split."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
@@ -298,10 +288,6 @@ class LazyImageDataset:
             split=self.split if split is None else split,
             image_size=self.image_size,
         )
-
-    def class_counts(self) -> Tensor:
-        """Number of samples of each class, ``(num_classes,)``."""
-        return torch.bincount(self.labels, minlength=self.num_classes)
 
     def decode(self, i: int) -> Tensor:
         """Sample ``i`` as a uint8 ``(image_size, image_size, 3)`` tensor."""
