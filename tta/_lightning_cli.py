@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 import warnings
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from tta._quiet import LEAFSPEC_DEPRECATION
 from tta.data.datamodule import TaskPairDataModule
 from tta.modules.analysis import TaskTransferAnalysis
 from tta.results import config_hash, format_result, versions, write_json_atomic
@@ -17,12 +19,15 @@ from tta.results import config_hash, format_result, versions, write_json_atomic
 __all__ = ["TTACLI", "run"]
 
 
-def _default_class_paths(cls: type) -> set[str]:
-    """The import paths jsonargparse may print for ``cls`` (its module's, and the shortest public one)."""
-    paths = {f"{cls.__module__}.{cls.__name__}", f"tta.{cls.__name__}"}
-    parts = cls.__module__.split(".")
-    paths.update(f"{'.'.join(parts[:i])}.{cls.__name__}" for i in range(1, len(parts)))
-    return paths
+def _names_class(class_path: object, cls: type) -> bool:
+    """Whether ``class_path`` (as jsonargparse prints it: ``tta.TaskTransferAnalysis``) imports ``cls``."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) is cls
+    except ImportError:
+        return False
 
 
 class TTACLI(LightningCLI):
@@ -60,7 +65,7 @@ class TTACLI(LightningCLI):
         config = sub.clone().as_dict()
         for key, cls in (("model", TaskTransferAnalysis), ("data", TaskPairDataModule)):
             node = config.get(key)
-            if isinstance(node, dict) and node.get("class_path") in _default_class_paths(cls):
+            if isinstance(node, dict) and _names_class(node.get("class_path"), cls):
                 config[key] = node.get("init_args") or {}
         return config
 
@@ -98,7 +103,7 @@ def run(args: list[str] | None) -> None:
     # The frozen backbone is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     # Lightning's own use of a deprecated torch pytree API: nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION)
     TTACLI(
         LightningModule,
         LightningDataModule,

@@ -27,7 +27,6 @@ import logging
 import math
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 import torch
 
+from tta._quiet import quiet_lightning
 from tta.benchmark.config import BackboneSpec, BenchmarkConfig, ModelSettings, PairSpec
 from tta.results import config_hash, versions, write_json_atomic
 
@@ -148,31 +148,25 @@ def fit_bound(features: Any, settings: ModelSettings, seed: int, root_dir: str |
         seed=seed,
     )
     datamodule = TaskPairDataModule.from_features(features)
-    quiet = ("lightning.pytorch", "lightning.fabric", "lightning")
-    levels = {name: logging.getLogger(name).level for name in quiet}
-    for name in quiet:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*`training_step` returns `None`.*")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            trainer = pl.Trainer(
-                max_epochs=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                deterministic=True,
-                default_root_dir=str(root_dir),
-            )
-            trainer.fit(model, datamodule=datamodule)
-            trainer.test(model, datamodule=datamodule, verbose=False)
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    with quiet_lightning(
+        r".*module\(s\) in eval mode.*",
+        r".*does not have many workers.*",
+        r".*`training_step` returns `None`.*",
+        loggers=("lightning.pytorch", "lightning.fabric", "lightning"),
+        level=logging.ERROR,
+    ):
+        trainer = pl.Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=True,
+            default_root_dir=str(root_dir),
+        )
+        trainer.fit(model, datamodule=datamodule)
+        trainer.test(model, datamodule=datamodule, verbose=False)
     return model, model.result
 
 

@@ -29,8 +29,7 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from tta._quiet import quiet_lightning
 from tta.data.cache import PARTIAL_PREFIX
 
 if TYPE_CHECKING:
@@ -288,25 +288,15 @@ class ShardWriter(BasePredictionWriter):
         return result
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def _quiet_lightning() -> contextlib.AbstractContextManager[None]:
     """Hide Lightning's per-Trainer banner lines and the predict-with-DistributedSampler warning."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*it is recommended to use `Trainer\(devices=1")
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            warnings.filterwarnings("ignore", message=r".*Couldn't infer the batch indices.*")
-            warnings.filterwarnings("ignore", message=r".*`trainer.predict\(\)`.*DistributedSampler.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    return quiet_lightning(
+        r".*it is recommended to use `Trainer\(devices=1",
+        r".*does not have many workers.*",
+        r".*Couldn't infer the batch indices.*",
+        r".*`trainer.predict\(\)`.*DistributedSampler.*",
+        loggers=("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"),
+    )
 
 
 def run_extraction(

@@ -222,6 +222,7 @@ def get_features(
     train, test = load_task(spec)
     dataset = train if split == "train" else test
     labels = dataset.labels.clone()
+    inputs = _inputs(dataset)
     start = time.perf_counter()
     store = reload = None
     if cache is not None and key is not None:
@@ -239,9 +240,7 @@ def get_features(
                     "split": split,
                     "class_names": dataset.class_names,
                     "n": len(dataset),
-                    "input_shape": list(_inputs(dataset).shape[1:])
-                    if isinstance(_inputs(dataset), Tensor)
-                    else None,
+                    "input_shape": list(inputs.shape[1:]) if isinstance(inputs, Tensor) else None,
                     "seconds": round(elapsed, 3),
                     "inputs_per_second": round(len(dataset) / max(elapsed, 1e-9), 2),
                     "torch": torch.__version__,
