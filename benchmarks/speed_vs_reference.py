@@ -68,11 +68,13 @@ def faithful_config(steps: int) -> Any:
     )
 
 
-def variant_config(name: str, default_steps: int | None) -> tuple[Any, str]:
+def variant_config(name: str, default_steps: int | None, select_every: int | None = None) -> tuple[Any, str]:
     """The ``TransformConfig`` and training estimator of a default-mode variant."""
     from tta.fitting import TransformConfig
 
     kw: dict[str, Any] = {} if default_steps is None else {"steps": default_steps}
+    if select_every is not None:
+        kw["select_every"] = select_every
     if name == "default":
         return TransformConfig(**kw), "auto"
     if name == "default+stop":
@@ -83,12 +85,24 @@ def variant_config(name: str, default_steps: int | None) -> tuple[Any, str]:
         return TransformConfig(steps=150), "auto"
     if name == "default-dense-grad":
         return TransformConfig(**kw), "dense"
+    if name == "default-autograd-w1":
+        return TransformConfig(**kw), "autograd-w1"
     raise SystemExit(f"unknown variant {name!r}")
 
 
 def make_distance(name: str) -> Any:
     from tta.distances import AutoDistance, DistanceEstimator, create_distance
 
+    if name == "autograd-w1":
+        from tta.distances.exact import per_label_exact
+
+        class AutogradW1Auto(AutoDistance):
+            """AutoDistance whose per-label exact path differentiates through autograd (before issue 6)."""
+
+            def _per_label(self, x: Any, y: Any, a: Any, b: Any, xl: Any, yl: Any) -> Any:
+                return per_label_exact(self, x, y, a, b, xl, yl, self.exact.max_iter, gradient="autograd")
+
+        return AutogradW1Auto()
     if name != "dense":
         return create_distance(name)
 
@@ -113,7 +127,7 @@ def fit_and_evaluate(pair: C.TaskPair, head: Any, config: Any, distance: str, se
     from tta.transforms import TaskTransform
 
     d = pair.source_train[0].shape[1]
-    transform = TaskTransform(pair.k_s, pair.k_t, d, mode=config.mode)
+    transform = TaskTransform(pair.k_s, pair.k_t, d, mode=config.mode).to(pair.source_train[0].device)
     initialise_transform(transform, pair.source_train, pair.target_train, config, seed)
     started, cpu_started = time.perf_counter(), time.process_time()
     history = learn_transform(
@@ -139,6 +153,75 @@ def fit_and_evaluate(pair: C.TaskPair, head: Any, config: Any, distance: str, se
     }
 
 
+def time_w1_term(pair: C.TaskPair, reps: int, seed: int) -> dict[str, Any]:
+    """Time the W₁ term of one default training step (forward + backward), both gradient modes.
+
+    The batch, weights and soft labels are drawn as :func:`tta.fitting.default_objective` draws them,
+    from the initialised transform; each mode is timed ``reps`` times (median CPU and wall seconds),
+    and the gradients of the two modes w.r.t. the transform's parameters are compared.
+    """
+    import torch.nn.functional as F
+
+    from tta.distances import ExactDistance
+    from tta.fitting import TransformConfig, initialise_transform, sample_by_prior
+    from tta.transforms import TaskTransform
+
+    config = TransformConfig()
+    (z_s, y_s), (z_t, y_t) = pair.source_train, pair.target_train
+    transform = TaskTransform(pair.k_s, pair.k_t, z_s.shape[1], mode=config.mode)
+    initialise_transform(transform, pair.source_train, pair.target_train, config, seed)
+    target_prior = torch.bincount(y_t, minlength=pair.k_t).to(z_s) / y_t.numel()
+    generator = torch.Generator().manual_seed(seed)
+    src_idx, src_count = sample_by_prior(y_s, transform.prior, config.batch_size, generator)
+    tgt_idx, tgt_count = sample_by_prior(y_t, target_prior, config.batch_size, generator)
+    params = [q for q in transform.parameters() if q.requires_grad]
+    out: dict[str, Any] = {}
+    for mode in ("autograd", "closed_form") * 2:  # interleaved, twice: load drifts
+        est = ExactDistance(gradient=mode)
+        cpu, wall = [], []
+        for _ in range(reps):
+            for q in params:
+                q.grad = None
+            c0, w0 = time.process_time(), time.perf_counter()
+            prior, label_map = transform.prior, transform.log_label_map.exp()
+            ys, yt = y_s[src_idx], y_t[tgt_idx]
+            a = prior[ys] / src_count.to(prior)
+            b = (label_map @ prior).detach()[yt] / tgt_count.to(prior)
+            b = b * (a.sum().detach() / b.sum())
+            x = transform.map_features(z_s[src_idx])
+            value = est(
+                x, z_t[tgt_idx], a, b, label_map.T[ys], F.one_hot(yt, pair.k_t).to(x), config.label_cost
+            )
+            value.backward()
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        row = out.setdefault(mode, {"cpu_s": [], "wall_s": []})
+        row["cpu_s"] += cpu
+        row["wall_s"] += wall
+        row["value"] = float(value.detach())
+        row["grads"] = [
+            torch.zeros_like(q, dtype=torch.float64) if q.grad is None else q.grad.double().clone()
+            for q in params
+        ]
+    diffs = [
+        float((g - h).abs().max()) for g, h in zip(out["autograd"]["grads"], out["closed_form"]["grads"])
+    ]
+    result: dict[str, Any] = {
+        "n": int(src_idx.numel()),
+        "m": int(tgt_idx.numel()),
+        "max_abs_grad_diff": max(diffs),
+        "max_abs_grad": max(float(g.abs().max()) for g in out["autograd"]["grads"]),
+        "value_diff": abs(out["autograd"]["value"] - out["closed_form"]["value"]),
+    }
+    for mode, row in out.items():
+        result[mode] = {
+            "median_cpu_s": sorted(row["cpu_s"])[len(row["cpu_s"]) // 2],
+            "median_wall_s": sorted(row["wall_s"])[len(row["wall_s"]) // 2],
+            "value": row["value"],
+        }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {CASES}")
@@ -152,13 +235,28 @@ def main(argv: list[str] | None = None) -> int:
         default="default,default+stop",
         help="default-mode variants: default, default+stop (patience=3), default+stop1%% (patience=2, "
         "min_improvement=0.01), default-150 (steps=150, as "
-        "configs/demo.yaml), default-dense-grad (without the per-label fast path)",
+        "configs/demo.yaml), default-dense-grad (without the per-label fast path), default-autograd-w1 "
+        "(per-label fast path with the previous autograd gradient instead of the closed form)",
+    )
+    parser.add_argument(
+        "--select-every",
+        type=int,
+        default=None,
+        help="override TransformConfig.select_every of the default variants (0: no selection, to time steps)",
     )
     parser.add_argument("--head-steps", type=int, default=300, help="steps of the reference classifier")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default ~/.cache/tta/features)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--w1-term",
+        type=int,
+        default=0,
+        metavar="REPS",
+        help="only time the W1 term of a default step (forward + backward), closed-form against autograd "
+        "gradient, REPS times each (no fits)",
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -167,6 +265,22 @@ def main(argv: list[str] | None = None) -> int:
     for case in [c for c in args.cases.split(",") if c]:
         pair = C.to_device(load_case(case, args.cache_dir), args.device)
         print(f"\n== {case}: {pair.description}", flush=True)
+        if args.w1_term:
+            r = time_w1_term(pair, args.w1_term, args.seed)
+            for mode in ("autograd", "closed_form"):
+                print(
+                    f"  W1 term, {mode:11s} gradient: {r[mode]['median_cpu_s']:.3f} CPU s "
+                    f"({r[mode]['median_wall_s']:.3f} s wall) per step (median of {2 * args.w1_term}), "
+                    f"W1 = {r[mode]['value']:.9g}",
+                    flush=True,
+                )
+            print(
+                f"  n = {r['n']}, m = {r['m']}; max |grad difference| {r['max_abs_grad_diff']:.3g} "
+                f"(max |grad| {r['max_abs_grad']:.3g}), |value difference| {r['value_diff']:.3g}",
+                flush=True,
+            )
+            results.append({"case": case, "description": pair.description, "w1_term": r})
+            continue
         head = C.train_head(pair, steps=args.head_steps, seed=args.seed)
         f_steps = args.faithful_steps if args.quick else FAITHFUL_STEPS
         rows = {}
@@ -184,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         for variant in [v for v in args.variants.split(",") if v]:
-            config, dist = variant_config(variant, args.default_steps)
+            config, dist = variant_config(variant, args.default_steps, args.select_every)
             r = fit_and_evaluate(pair, head, config, dist, args.seed)
             r["speedup"] = f["time_2001_s"] / r["fit_s"]
             r["speedup_cpu"] = f["cpu_2001_s"] / r["fit_cpu_s"]

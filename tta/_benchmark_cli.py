@@ -22,7 +22,8 @@ With --config: for every (backbone, reference task, target task) pair of the con
 cached) features, fit and test the tta bound exactly as `tta fit` does, run every selected estimator
 on the target training features, and take the gradient-penalised linear probe's target test CE and
 accuracy as ground truth. Finished pairs are stored under OUTPUT/pairs/ and reused by a rerun, so a
-killed benchmark restarts where it stopped.
+killed benchmark restarts where it stopped. SIGINT (Ctrl+C) or SIGTERM stops it cleanly (exit code
+130): the finished pairs are kept, and rerunning the same command resumes.
 
 With --external: evaluate a CSV of estimator scores and ground-truth accuracies (one row per
 model x target; e.g. a published table plus ImageNet top-1 for the static ranker).
@@ -135,18 +136,29 @@ def main(argv: list[str]) -> int:
     except PluginNotFoundError as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
-    summary = write_report(
-        config.output_dir,
-        records=run.records,
-        title=args.title or config.name,
-        extra={
-            "config": config.source,
-            "computed": run.computed,
-            "resumed": run.resumed,
-            "failed": run.failed,
-            "estimators": run.estimators,
-        },
-    )
+    from tta.errors import TTAInterrupted
+    from tta.modules.interrupt import Interrupted, SignalGuard
+
+    try:
+        with SignalGuard():
+            summary = write_report(
+                config.output_dir,
+                records=run.records,
+                title=args.title or config.name,
+                extra={
+                    "config": config.source,
+                    "computed": run.computed,
+                    "resumed": run.resumed,
+                    "failed": run.failed,
+                    "estimators": run.estimators,
+                },
+            )
+    except Interrupted as err:
+        raise TTAInterrupted(
+            f"interrupted by {err.signal_name} while writing the report; all {len(run.records)} finished "
+            f"pairs are stored in {Path(config.output_dir) / 'pairs'}; rerun the same command to write it "
+            "(no pair is recomputed)"
+        ) from None
     if run.records:
         _print_table(summary, "probe_acc")
     console.print(

@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tta.errors import TTAError, TTAInputError
+
 __all__ = ["build_parser", "main", "parse_backbone_item", "parse_task_item"]
 
 DESCRIPTION = """\
@@ -83,7 +85,7 @@ def parse_backbone_item(item: str) -> Any:
     for part in filter(None, args.split(",")):
         key, eq, val = part.partition("=")
         if not eq:
-            raise ValueError(f"backbone {item!r}: constructor arguments are key=value, got {part!r}")
+            raise TTAInputError(f"backbone {item!r}: constructor arguments are key=value, got {part!r}")
         init_args[key.strip()] = _value(val)
     return BackboneSpec(name, init_args)
 
@@ -103,11 +105,11 @@ def parse_task_item(item: str, train_cap: int | None, test_cap: int | None) -> A
         if isinstance(raw, dict) and "data" in raw and isinstance(raw["data"], dict):  # a tta fit config
             raw = raw["data"].get("target", raw)
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping of TaskSpec fields")
+            raise TTAInputError(f"{path}: expected a mapping of TaskSpec fields")
         return TaskSpec(**raw)
     m = _TASK.match(item.strip())
     if m is None:
-        raise ValueError(f"task {item!r}: write a dataset name, optionally with classes: mnist_5k[0,1,2]")
+        raise TTAInputError(f"task {item!r}: write a dataset name, optionally with classes: mnist_5k[0,1,2]")
     classes = m.group("classes")
     ids = [int(c) for c in classes.split(",") if c.strip()] if classes else None
     return TaskSpec(m.group("name"), classes=ids, train_per_class=train_cap, test_per_class=test_cap)
@@ -136,7 +138,7 @@ def main(argv: list[str]) -> int:
         out = Console(width=max(out.width, 140))
     try:
         ranking, target_name = _rank(args)
-    except (ValueError, FileNotFoundError, LookupError) as e:
+    except (TTAError, ValueError, FileNotFoundError, LookupError) as e:
         err.print(f"[red]error:[/red] {e}")
         return 2
     if ranking.label_free:
@@ -233,19 +235,21 @@ def _rank(args: argparse.Namespace) -> tuple[Any, str]:
     target_name, target = task(args.target)
     kinds = {_is_backbone(item, named_backbones) for item in args.zoo}
     if len(kinds) != 1:
-        raise ValueError(f"--zoo mixes backbones and reference tasks ({args.zoo}); rank one kind at a time")
+        raise TTAInputError(
+            f"--zoo mixes backbones and reference tasks ({args.zoo}); rank one kind at a time"
+        )
     ranking_backbones = kinds.pop()
     pairs = []
     if ranking_backbones:
         if args.backbone:
-            raise ValueError("--backbone is for ranking reference tasks; the zoo here is backbones")
+            raise TTAInputError("--backbone is for ranking reference tasks; the zoo here is backbones")
         ref_name, ref = task(args.reference or "fashion_mnist")
         for item in args.zoo:
             b_name, b = backbone(item)
             pairs.append(PairSpec(b_name, b, ref_name, ref, target_name, target))
     else:
         if args.reference:
-            raise ValueError("--reference is for ranking backbones; the zoo here is reference tasks")
+            raise TTAInputError("--reference is for ranking backbones; the zoo here is reference tasks")
         b_name, b = backbone(args.backbone or "efficientnet_lite0")
         for item in args.zoo:
             r_name, r = task(item)

@@ -47,11 +47,50 @@ __all__ = [
     "inverse_penalty",
     "label_prior",
     "lipschitz_constant",
+    "log_floor",
     "prior_matching_penalty",
+    "safe_log_label_map",
     "transformed_log_probs",
     "transformed_source_loss",
     "weighted_source_loss",
 ]
+
+
+def log_floor(dtype: torch.dtype) -> float:
+    r"""The floor of :math:`\log B`: the log of the smallest positive normal number of ``dtype``.
+
+    About :math:`-87.3` in float32 and :math:`-708.4` in float64. Flooring :math:`\log B` there raises
+    each transformed probability :math:`\sum_s B_{ts} p_s` by at most :math:`K_S` times that number
+    (:math:`10^{-36}` in float32), far below the resolution of the dtype, and keeps every term finite when
+    :math:`B` has exact zeros: :math:`\log 0 = -\infty` would give :math:`0 \cdot (-\infty) =` NaN in the
+    transformed loss, and NaN gradients through the log-sum-exp when a whole row of :math:`B` is zero.
+
+    Args:
+        dtype: A floating-point dtype.
+
+    Returns:
+        :math:`\log(\text{finfo(dtype).tiny})`, rounded towards zero in ``dtype`` (so that the floor is a
+        value of ``dtype`` whose exponential is still a normal number).
+    """
+    value = math.log(torch.finfo(dtype).tiny)
+    rounded = torch.tensor(value, dtype=dtype)
+    if float(rounded) < value:
+        rounded = torch.nextafter(rounded, torch.zeros((), dtype=dtype))
+    return float(rounded)
+
+
+def safe_log_label_map(log_label_map: Tensor) -> Tensor:
+    r""":math:`\log B` floored at :func:`log_floor` (``-inf`` and smaller entries become the floor).
+
+    NaN entries stay NaN: they mean a bug upstream, which the floor must not hide.
+
+    Args:
+        log_label_map: :math:`\log B`, any shape.
+
+    Returns:
+        The floored tensor (same shape and dtype; differentiable, with zero gradient where floored).
+    """
+    return log_label_map.clamp_min(log_floor(log_label_map.dtype))
 
 
 def class_counts(labels: Tensor, num_classes: int) -> Tensor:
@@ -167,11 +206,17 @@ def transformed_log_probs(
         \log h'''_t(z) = \log \sum_s \exp\big(\log B_{ts}
         + \log\mathrm{softmax}_s(W \bar A (z - b) + c)\big)
 
+    Both logs are finite: ``log_softmax`` of finite logits is finite (logits of :math:`\pm 10^4`
+    included), and :math:`\log B` is floored at :func:`log_floor`, so a label map with exact zeros (even
+    a zero row: a target class that no reference class maps to) gives finite log-probabilities and
+    finite gradients.
+
     Args:
         z: Features, shape ``(n, d)``.
         weight: Reference classifier weight ``W``, shape ``(K_S, d)``.
         bias: Reference classifier bias ``c``, shape ``(K_S,)``.
-        log_label_map: :math:`\log B` (finite: use ``log_softmax`` of logits), shape ``(K_T, K_S)``.
+        log_label_map: :math:`\log B`, shape ``(K_T, K_S)``; ``-inf`` entries (:math:`B_{ts} = 0`) are
+            allowed: they are floored at :func:`log_floor`.
         inverse: :math:`\bar A \approx A^{-1}`, shape ``(d, d)``; ``None`` for the identity.
         shift: ``b``, shape ``(d,)``; ``None`` for zero.
 
@@ -180,7 +225,8 @@ def transformed_log_probs(
     """
     u = z if shift is None else z - shift
     log_p = torch.log_softmax(u @ _logit_map(weight, inverse).T + bias, dim=-1)  # (n, K_S)
-    return torch.logsumexp(log_label_map.unsqueeze(0) + log_p.unsqueeze(1), dim=-1)  # (n, K_T)
+    log_b = safe_log_label_map(log_label_map)
+    return torch.logsumexp(log_b.unsqueeze(0) + log_p.unsqueeze(1), dim=-1)  # (n, K_T)
 
 
 def transformed_source_loss(log_probs: Tensor, labels: Tensor, prior: Tensor, label_map: Tensor) -> Tensor:
@@ -223,7 +269,7 @@ def _softmax_jacobian_gram(
     m = _logit_map(weight, inverse)  # (K_S, d); cheaper than mapping the points by the (d, d) inverse
     u = z if shift is None else z - shift
     log_p = torch.log_softmax(u @ m.T + bias, dim=-1)  # (n, K_S)
-    joint = log_label_map.unsqueeze(0) + log_p.unsqueeze(1)  # (n, K_T, K_S)
+    joint = safe_log_label_map(log_label_map).unsqueeze(0) + log_p.unsqueeze(1)  # (n, K_T, K_S)
     posterior = torch.softmax(joint, dim=-1)  # r_ts = B_ts p_s / q_t
     diff = posterior - log_p.exp().unsqueeze(1)  # (n, K_T, K_S): d(-log q_t)/d logits = p - r_t
     return diff, m @ m.T  # gram (K_S, K_S)

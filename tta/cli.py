@@ -12,9 +12,12 @@ write it as ``result.json`` into the run's log directory.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
+from tta.errors import TTAError
 from tta.results import versions
 
 if TYPE_CHECKING:
@@ -40,7 +43,25 @@ def __getattr__(name: str) -> Any:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``tta`` console script."""
+    """Entry point of the ``tta`` console script.
+
+    A :class:`~tta.errors.TTAError` (bad input, a wrong name, an interrupted run...) ends the command with
+    its one-line message on stderr and its exit code, without a traceback; set ``TTA_TRACEBACK=1`` to see
+    the traceback as well. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        _main(args)
+    except TTAError as error:
+        if os.environ.get("TTA_TRACEBACK", "").strip() not in ("", "0"):
+            traceback.print_exc()
+        print(f"tta: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print("tta: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+def _main(args: list[str] | None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in SUBCOMMANDS:  # commands of their own: no Lightning parser involved
         import importlib

@@ -26,7 +26,11 @@ plan weighted by :math:`\lambda_W = 2`; :math:`D` only moves through the other t
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,12 +39,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tta import bound as B
-from tta.transforms import Mode, TaskTransform, matching_label_map
+from tta.errors import NumericalWarning, TTANumericalError
+from tta.transforms import Mode, TaskTransform, condition_number, matching_label_map
 
 __all__ = [
     "BestTransform",
+    "ConditionGuard",
     "EvalConfig",
     "TransformConfig",
+    "WarningLog",
+    "check_finite_gradients",
     "default_objective",
     "evaluate_bound",
     "faithful_objective",
@@ -92,6 +100,13 @@ class TransformConfig:
             The best state seen is returned either way.
         min_improvement: Relative decrease of the selection bound that counts as progress for
             ``patience``.
+        max_condition: Largest condition number cond(A) = σ_max/σ_min the feature map may reach. cond(A)
+            is computed (one SVD of A) at every selection step (every ``select_every`` steps, or every 25
+            steps when selection is off) and after the last step; above this value the fit warns with
+            :class:`~tta.errors.NumericalWarning`, stops the transform phase early and keeps the last
+            well-conditioned state (the best one when selecting), and the result records
+            ``stopped_ill_conditioned_at``. ``None`` disables the check. A is stored in float32, so
+            ‖A⁻¹A − I‖ of the inverse used by the bound grows like cond(A)·2⁻²³: about 0.1 at 1e6.
     """
 
     mode: Mode = "learned_all"
@@ -114,6 +129,7 @@ class TransformConfig:
     match_label_marginal: bool = True
     patience: int = 0
     min_improvement: float = 1e-3
+    max_condition: float | None = 1e6
 
 
 @dataclass
@@ -416,7 +432,7 @@ def evaluate_bound(
     if config.w_eval == "joint":
         counts = B.class_counts(y_s, k_s).to(prior)
         a = prior[y_s] / counts[y_s]
-        b = torch.full((z_t.shape[0],), 1.0 / z_t.shape[0], dtype=x.dtype)
+        b = torch.full((z_t.shape[0],), 1.0 / z_t.shape[0], dtype=x.dtype, device=x.device)
         w1 = distance(x, z_t, a, b, label_map.T[y_s], F.one_hot(y_t, k_t).to(x), label_cost)
     else:
         w1 = _classwise_w1(distance, x, label_map.argmax(dim=0)[y_s], z_t, y_t, k_t)
@@ -497,8 +513,16 @@ def step_objective(
     Batches are drawn from a generator seeded by ``(seed, step)``, so a resumed fit draws the same ones.
 
     Raises:
-        FloatingPointError: If the objective is not finite (with its parts in the message).
+        tta.errors.TTANumericalError: If the objective is not finite (the message names the step, the
+            non-finite parts and the fixes).
     """
+    bad = [name for name, p in transform.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TTANumericalError(
+            f"the transform's {', '.join(bad)} became NaN or infinite before transform step {step} (phase "
+            "'transform'). Fix: lower transform.lr_feature_map and transform.lr, lower "
+            "transform.max_condition, or check the features for NaN/Inf"
+        )
     generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 + step)
     if config.algorithm == "faithful":
         objective, parts = faithful_objective(
@@ -508,13 +532,41 @@ def step_objective(
         objective, parts = default_objective(
             transform, head, class_losses, source, target, target_prior, distance, config, generator
         )
-    if not torch.isfinite(objective):
-        raise FloatingPointError(
-            f"the transform objective became {float(objective)} at transform step {step} "
-            f"(parts: { {k: round(float(v), 6) for k, v in parts.items()} }); "
-            "lower transform.lr, or check the features for NaN/Inf"
+    if not bool(torch.isfinite(objective)):
+        bad = sorted(k for k, v in parts.items() if not bool(torch.isfinite(v).all()))
+        raise TTANumericalError(
+            f"the transform objective became {float(objective.detach())} at transform step {step} (phase "
+            f"'transform', algorithm '{config.algorithm}'; non-finite parts: {', '.join(bad)}; all parts: "
+            f"{ {k: float(v) for k, v in parts.items()} }). Fix: lower transform.lr_feature_map and "
+            "transform.lr (Adam moved the transform too far), lower transform.max_condition so that an "
+            "ill-conditioned A stops the fit earlier, or check the features for NaN/Inf"
         )
     return objective, parts
+
+
+def check_finite_gradients(transform: TaskTransform, step: int) -> None:
+    """Raise if a gradient of the transform's parameters is NaN or infinite (call after ``backward``).
+
+    An Adam step on such a gradient would silently turn the parameters into NaN.
+
+    Args:
+        transform: The transform whose ``.grad`` fields are checked.
+        step: The transform step (for the message).
+
+    Raises:
+        tta.errors.TTANumericalError: Naming the parameters and the fixes.
+    """
+    bad = [
+        name
+        for name, p in transform.named_parameters()
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+    ]
+    if bad:
+        raise TTANumericalError(
+            f"non-finite gradient of {', '.join(bad)} at transform step {step} (phase 'transform'). Fix: "
+            "lower transform.lr_feature_map and transform.lr, lower transform.max_condition, or check the "
+            "features for NaN/Inf"
+        )
 
 
 def selection_subset(data: tuple[Tensor, Tensor], points: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -615,6 +667,135 @@ class BestTransform:
         self.stale = int(state.get("stale", 0))
 
 
+class ConditionGuard:
+    """Stops the transform phase when cond(A) exceeds ``config.max_condition`` (see :class:`TransformConfig`).
+
+    Every check of a well-conditioned A keeps a copy of the transform's state; the first check above the
+    threshold warns with :class:`~tta.errors.NumericalWarning`, loads the last well-conditioned state back
+    and marks the phase as stopped.
+
+    Args:
+        config: The transform configuration (``max_condition``, ``select_every``, ``steps``).
+
+    Attributes:
+        stopped_at: The transform step whose A was ill-conditioned (``None`` while running).
+        cond_at_stop: cond(A) at that step.
+        last_condition: cond(A) at the latest check.
+    """
+
+    #: Check cadence when best-state selection is off (``select_every == 0``).
+    DEFAULT_EVERY = 25
+
+    def __init__(self, config: TransformConfig):
+        self.max_condition = config.max_condition
+        self.every = config.select_every if config.select_every > 0 else self.DEFAULT_EVERY
+        self.steps = config.steps
+        self.stopped_at: int | None = None
+        self.cond_at_stop: float | None = None
+        self.last_condition: float | None = None
+        self.good_step = -1
+        self.state: dict[str, Tensor] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a threshold is set."""
+        return self.max_condition is not None and math.isfinite(self.max_condition)
+
+    def due(self, step: int) -> bool:
+        """Whether cond(A) is checked after transform step ``step`` (0-based; ``-1``: the initial state)."""
+        return self.enabled and (step < 0 or (step + 1) % self.every == 0 or step + 1 == self.steps)
+
+    def check(self, transform: TaskTransform, step: int) -> bool:
+        """Check cond(A) after step ``step``; ``False`` (after warning and restoring) if it is too large."""
+        kappa = condition_number(transform.matrix)
+        self.last_condition = kappa
+        if self.max_condition is None or kappa <= self.max_condition:
+            self.good_step = step
+            self.state = {k: v.detach().clone() for k, v in transform.state_dict().items()}
+            return True
+        self.stopped_at, self.cond_at_stop = step, kappa
+        kept = "the initial state" if self.good_step < 0 else f"the state after step {self.good_step}"
+        warnings.warn(
+            f"cond(A) = {kappa:.3g} exceeds transform.max_condition = {self.max_condition:.3g} after "
+            f"transform step {step}: the feature map is close to singular, so A^-1 (and tau) are unreliable. "
+            f"The transform phase stopped early and kept {kept}. Lower transform.lr_feature_map to keep A "
+            "well-conditioned, or raise transform.max_condition.",
+            NumericalWarning,
+            stacklevel=2,
+        )
+        if self.state is not None:
+            transform.load_state_dict(self.state)
+        return False
+
+    def record(self) -> dict[str, Any]:
+        """What the result records: ``stopped_ill_conditioned_at`` (``None`` if not stopped) and cond(A)."""
+        return {
+            "stopped_ill_conditioned_at": self.stopped_at,
+            "cond_A_at_stop": self.cond_at_stop,
+            "max_condition": self.max_condition,
+        }
+
+
+class WarningLog:
+    """Collects the numerical warnings of a run, deduplicated, for the ``warnings`` list of its result.
+
+    :meth:`capture` records every :class:`~tta.errors.NumericalWarning` raised in its block (and re-emits
+    every warning caught, through the filters in force outside, so that users still see them once), and a
+    distance estimator's ``converged: False`` diagnostic when the block raised no numerical warning
+    about it.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._registry: dict[Any, Any] = {}
+
+    def add(self, message: str, where: str) -> None:
+        """Record ``message`` (seen at ``where``, e.g. ``transform step 12``)."""
+        entry = self.entries.setdefault(message, {"count": 0, "first": where})
+        entry["count"] += 1
+
+    @contextlib.contextmanager
+    def capture(self, where: str, distance: Any = None) -> Iterator[None]:
+        """Record the numerical warnings raised in the block.
+
+        Args:
+            where: Where the block runs (for the record).
+            distance: A distance estimator whose ``diagnostics["converged"]`` is read after the block.
+        """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        numerical = 0
+        for w in caught:
+            if issubclass(w.category, NumericalWarning):
+                numerical += 1
+                self.add(str(w.message), where)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=self._registry)
+        info = getattr(distance, "diagnostics", None) or {}
+        if info.get("converged") is False and not numerical:
+            self.add(
+                f"{info.get('estimator', 'distance')}: the OT solver did not converge "
+                f"({info.get('warning') or 'no detail'}); W1 is unreliable",
+                where,
+            )
+
+    def messages(self) -> list[str]:
+        """One string per distinct message: ``message [×count, first at where]``."""
+        out = []
+        for message, e in self.entries.items():
+            times = f"×{e['count']}, " if e["count"] > 1 else ""
+            out.append(f"{message} [{times}first at {e['first']}]")
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints (plain types)."""
+        return {"entries": copy.deepcopy(self.entries)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """From checkpoints."""
+        self.entries = copy.deepcopy(state.get("entries", {}))
+
+
 def selects_best(config: TransformConfig) -> bool:
     """Whether the fit keeps the best transform state (``tta`` algorithm with ``select_every > 0``)."""
     return config.algorithm == "tta" and config.select_every > 0 and config.mode != "fixed_all"
@@ -699,7 +880,12 @@ def learn_transform(
         seed: Seed of the batches.
 
     Returns:
-        The detached parts of the objective at every step, as floats.
+        The detached parts of the objective at every step, as floats; the steps where cond(A) was checked
+        carry ``cond_A``, and a fit stopped by ``max_condition`` ends with a record holding
+        ``stopped_ill_conditioned: 1.0`` (a :class:`~tta.errors.NumericalWarning` says so too).
+
+    Raises:
+        tta.errors.TTANumericalError: If the objective or a gradient becomes NaN or infinite.
     """
     config = config or TransformConfig()
     optimizer = transform_optimizer(transform, config)
@@ -711,6 +897,9 @@ def learn_transform(
     p_t = B.label_prior(target[1], transform.num_target_classes)
     history = []
     best = BestTransform(head, source, target, distance, config, seed) if selects_best(config) else None
+    guard = ConditionGuard(config)
+    if guard.due(-1):
+        guard.check(transform, -1)
     if best is not None:
         best.update(transform, -1)
     for step in range(config.steps):
@@ -719,8 +908,16 @@ def learn_transform(
         )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        check_finite_gradients(transform, step)
         optimizer.step()
         record = {k: float(v) for k, v in parts.items()}
+        if guard.due(step):
+            ok = guard.check(transform, step)
+            record["cond_A"] = float(guard.last_condition or math.nan)
+            if not ok:
+                record["stopped_ill_conditioned"] = 1.0
+                history.append(record)
+                break  # ill-conditioned A: the last well-conditioned state is back in `transform`
         if best is not None and is_selection_step(config, step):
             record["selection_bound"] = best.update(transform, step)
         history.append(record)

@@ -60,6 +60,10 @@ class LinearHead(nn.Linear):
         nn.init.zeros_(self.bias)
 
 
+#: Floor of the squared gradient norm before its square root (keeps the root's gradient finite).
+_TINY_SQUARE = 1e-30
+
+
 def input_gradient_norms(head: nn.Linear, z: Tensor, labels: Tensor) -> Tensor:
     r"""Per-sample :math:`\|\nabla_z \mathrm{CE}(Wz + c, y)\| = \|W^\top(\mathrm{softmax}(Wz+c) - e_y)\|`.
 
@@ -74,7 +78,8 @@ def input_gradient_norms(head: nn.Linear, z: Tensor, labels: Tensor) -> Tensor:
     probs = torch.softmax(head(z), dim=-1)
     diff = probs - F.one_hot(labels.long(), probs.shape[-1]).to(probs)
     gram = head.weight @ head.weight.T  # (K, K)
-    return ((diff @ gram) * diff).sum(-1).clamp_min(0).sqrt()
+    # floored before the root: a form rounded to <= 0 (seen on CUDA) would give 0 * inf = NaN gradients
+    return ((diff @ gram) * diff).sum(-1).clamp_min(_TINY_SQUARE).sqrt()
 
 
 def penalised_loss(

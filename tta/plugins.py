@@ -53,6 +53,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from tta.errors import TTAError
+
 __all__ = [
     "BACKBONES",
     "DATASETS",
@@ -123,8 +125,11 @@ def allowed_distributions() -> frozenset[str] | None:
 
 
 # ---------------------------------------------------------------------------------------------- errors
-class PluginError(LookupError):
-    """Base class of every registry error."""
+class PluginError(TTAError, LookupError):
+    """Base class of every registry error.
+
+    A :class:`~tta.errors.TTAError`: the ``tta`` command prints its message as one line, without a traceback.
+    """
 
 
 class PluginNotFoundError(PluginError, KeyError):

@@ -64,23 +64,36 @@ def _clean(value: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write ``payload`` as JSON to ``path`` atomically (temporary file in the same folder, then rename).
 
-    A crash or a full disk leaves either the previous file or none, never a truncated one.
+    A crash or a full disk leaves either the previous file or none, never a truncated one, and no temporary
+    file.
 
     Returns:
         The path written.
+
+    Raises:
+        tta.errors.TTAError: ``disk full while writing ...`` when the disk or quota is full, or (a
+            :class:`~tta.errors.TTAInputError`) when the folder cannot be written.
     """
+    from tta._preflight import io_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fix = f"write {path.name} to another folder (e.g. --trainer.default_root_dir for a run's result)"
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as fh:
             json.dump(_clean(payload), fh, indent=2, allow_nan=False, default=str)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        friendly = io_error(err, path, "the JSON record", fix)
+        if friendly is not None:
+            raise friendly from err
         raise
     return path
 
@@ -110,4 +123,12 @@ def format_result(result: dict[str, Any]) -> Any:
     ]
     for name, value in rows:
         table.add_row(name, f"{value:.4f}")
+    cond = result.get("details", {}).get("cond_A")
+    if isinstance(cond, (int, float)):
+        table.add_row("cond(A)", f"{cond:.3g}")
+    stopped = result.get("details", {}).get("stopped_ill_conditioned_at")
+    if stopped is not None:
+        table.add_row("transform stopped (ill-conditioned A) after step", str(stopped))
+    for message in result.get("warnings") or []:  # numerical warnings of the run (NumericalWarning, solvers)
+        table.add_row("[bold yellow]warning[/bold yellow]", f"[yellow]{message}[/yellow]")
     return table

@@ -33,11 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tta.errors import TTAError, TTAInputError
+
 __all__ = [
     "Backbone",
     "ImagePreprocess",
     "NoSourceHeadError",
     "Preprocess",
+    "WeightsFileNotFoundError",
     "WeightsMismatchError",
     "WeightsUnavailableError",
     "file_sha256",
@@ -48,15 +51,19 @@ __all__ = [
 _TENSOR_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(TTAInputError):
     """A weights file does not fit the architecture it is loaded into."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsFileNotFoundError(TTAInputError, FileNotFoundError):
+    """A weights file named in the configuration does not exist."""
+
+
+class WeightsUnavailableError(TTAError, RuntimeError):
     """Pretrained weights cannot be obtained (no network, missing package or file)."""
 
 
-class NoSourceHeadError(RuntimeError):
+class NoSourceHeadError(TTAError, RuntimeError):
     """The backbone keeps no classifier of its source task (no source logits)."""
 
 
@@ -112,12 +119,21 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise WeightsFileNotFoundError(
+            f"weights file not found: {p}; check the path (relative paths start at the working directory)"
+        )
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(p), device="cpu")
-    obj: Any = torch.load(str(p), map_location="cpu", weights_only=True)
+            return load_file(str(p), device="cpu")
+        obj: Any = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt, or not a weights file at all
+        kind = "safetensors" if p.suffix == ".safetensors" else "torch (.pth/.pt/.bin)"
+        raise WeightsMismatchError(
+            f"cannot read the weights file {p} as a {kind} file ({type(err).__name__}: {err}); it is "
+            "truncated, corrupt, or in another format: download or export it again"
+        ) from err
     for wrapper in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -159,11 +175,11 @@ class ImagePreprocess:
     def __post_init__(self) -> None:
         c = self.input_size[0] if len(self.input_size) == 3 else None
         if c not in (1, 3):
-            raise ValueError(
+            raise TTAInputError(
                 f"expected input_size (C, H, W) with C = 3 (colour) or 1 (grayscale), got {self.input_size}"
             )
         if len(self.mean) != c or len(self.std) != c:
-            raise ValueError(
+            raise TTAInputError(
                 f"mean {self.mean} and std {self.std} must have one value per channel ({c} for "
                 f"input_size {self.input_size})"
             )
@@ -340,12 +356,12 @@ def _to_bchw(images: Tensor) -> Tensor:
     if images.ndim == 3:
         return images[:, None]
     if images.ndim != 4:
-        raise ValueError(f"expected images of shape (B, H, W) or (B, H, W, C), got {tuple(images.shape)}")
+        raise TTAInputError(f"expected images of shape (B, H, W) or (B, H, W, C), got {tuple(images.shape)}")
     c = images.shape[-1]
     if c == 4:
         images = images[..., :3]
     elif c not in (1, 3):
-        raise ValueError(f"expected 1, 3 or 4 channels last, got shape {tuple(images.shape)}")
+        raise TTAInputError(f"expected 1, 3 or 4 channels last, got shape {tuple(images.shape)}")
     return images.permute(0, 3, 1, 2)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from tta.backbones.base import Backbone, WeightsUnavailableError, file_sha256
+from tta.errors import TTAInputError
 from tta.plugins import BACKBONES
 
 __all__ = ["MiniLM", "TextPreprocess", "default_model_dir", "mean_pool"]
@@ -175,7 +176,7 @@ class MiniLM(Backbone):
         pooling = _read_json(path / "1_Pooling" / "config.json")
         if pooling is not None and not pooling.get("pooling_mode_mean_tokens", False):
             modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
-            raise ValueError(
+            raise TTAInputError(
                 f"{path}: the model pools with {modes}, but the minilm backbone implements mean pooling "
                 "(pooling_mode_mean_tokens) only"
             )
@@ -193,7 +194,7 @@ class MiniLM(Backbone):
                 min(_tokenizer(str(path)).model_max_length, self.encoder.config.max_position_embeddings)
             )
         if not 0 < max_length <= self.encoder.config.max_position_embeddings:
-            raise ValueError(
+            raise TTAInputError(
                 f"max_length must be in 1..{self.encoder.config.max_position_embeddings} (the model's "
                 f"position embeddings), got {max_length}"
             )

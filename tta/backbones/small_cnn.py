@@ -33,6 +33,7 @@ from tta.backbones.base import (
     file_sha256,
     read_state_dict,
 )
+from tta.errors import TTAInputError
 from tta.plugins import BACKBONES
 
 __all__ = [
@@ -53,7 +54,7 @@ _DEFAULTS: dict[str, Any] = {"image_size": 28, "mean": 0.5, "std": 0.5}
 def _flat_side(image_size: int) -> int:
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
-        raise ValueError(
+        raise TTAInputError(
             f"image_size must be at least 16 for the small CNN (two 5x5 convs, two 2x2 pools), "
             f"got {image_size}"
         )
@@ -128,7 +129,7 @@ def small_cnn_preprocess(image_size: int = 28, mean: float = 0.5, std: float = 0
         images are converted to grayscale).
     """
     if std <= 0:
-        raise ValueError(f"std must be positive, got {std}")
+        raise TTAInputError(f"std must be positive, got {std}")
     return ImagePreprocess(
         input_size=(1, int(image_size), int(image_size)),
         interpolation="bilinear",
@@ -162,7 +163,9 @@ def save_small_cnn_weights(
 
     p = Path(path)
     if p.suffix != ".safetensors":
-        raise ValueError(f"weights are written as safetensors: give a path ending in .safetensors, got {p}")
+        raise TTAInputError(
+            f"weights are written as safetensors: give a path ending in .safetensors, got {p}"
+        )
     p.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     metadata = {
@@ -271,7 +274,7 @@ class SmallCNN(Backbone):
         given = {"image_size": image_size, "mean": mean, "std": std}
         for key, value in given.items():
             if value is not None and key in stored and float(value) != float(stored[key]):
-                raise ValueError(
+                raise TTAInputError(
                     f"{key}={value} contradicts the {key}={stored[key]} the small CNN in {path} was trained "
                     f"with; leave {key} unset to use the stored value"
                 )

@@ -12,11 +12,13 @@ import torch
 
 from tta.backbones.base import (
     TimmFeatureBackbone,
+    WeightsFileNotFoundError,
     WeightsMismatchError,
     WeightsUnavailableError,
     file_sha256,
     read_state_dict,
 )
+from tta.errors import TTAInputError
 from tta.plugins import BACKBONES
 
 __all__ = ["TimmBackbone"]
@@ -84,7 +86,10 @@ def _offline_message(model_name: str, source: str, reason: str) -> str:
 def _load_from_file(timm: Any, model_name: str, cfg: Any, path: Path) -> tuple[torch.nn.Module, Path]:
     """Create ``model_name`` with a local timm-format weights file (strict), with its head if it has one."""
     if not path.is_file():
-        raise FileNotFoundError(f"weights_path {str(path)!r} does not exist")
+        raise WeightsFileNotFoundError(
+            f"weights_path {str(path)!r} does not exist; check the path (relative paths start at the "
+            "working directory)"
+        )
     state_dict = read_state_dict(path)
     classifier = cfg.classifier if cfg is not None else None
     classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
@@ -161,7 +166,7 @@ class TimmBackbone(TimmFeatureBackbone):
 
             close = difflib.get_close_matches(model_name, timm.list_models(), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"Unknown timm model {model_name!r}.{hint} See `timm.list_models()`.")
+            raise TTAInputError(f"Unknown timm model {model_name!r}.{hint} See `timm.list_models()`.")
         cfg = get_pretrained_cfg(model_name)
         self.weights_file: Path | None = None
         if weights_path is not None:
@@ -173,7 +178,7 @@ class TimmBackbone(TimmFeatureBackbone):
         if image_size is not None and model.pretrained_cfg.get("fixed_input_size", False):
             default = tuple(model.pretrained_cfg["input_size"][1:])
             if (image_size, image_size) != default:
-                raise ValueError(
+                raise TTAInputError(
                     f"timm model {model_name!r} has a fixed input size {default}; image_size={image_size} "
                     "is not supported"
                 )

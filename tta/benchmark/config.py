@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tta.data.tasks import TaskSpec
+from tta.errors import TTAInputError
 from tta.fitting import EvalConfig, TransformConfig
 from tta.heads import HeadConfig
 
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class BenchmarkConfigError(ValueError):
+class BenchmarkConfigError(TTAInputError):
     """A benchmark configuration is malformed; the message names the field and the fix."""
 
 

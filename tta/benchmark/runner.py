@@ -439,11 +439,40 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> BenchmarkRu
     Finished pairs are read back from ``<output_dir>/pairs/`` instead of being recomputed. A pair that
     raises is recorded in :attr:`BenchmarkRun.failed` and skipped (``on_error: record``) or re-raised
     (``on_error: raise``); either way the pairs finished before it stay stored.
+
+    SIGINT or SIGTERM stops the run at once (in the main thread): the finished pairs stay stored (each
+    written atomically), the pair in progress is dropped, and :class:`~tta.errors.TTAInterrupted` says how
+    many pairs are done; a rerun resumes (it redoes the interrupted pair).
     """
+    from tta.errors import TTAInterrupted
+    from tta.modules.interrupt import Interrupted, SignalGuard
+
     estimators = estimator_names(config.estimators)
     out_dir = Path(config.output_dir) / "pairs"
     out_dir.mkdir(parents=True, exist_ok=True)
     run = BenchmarkRun(estimators=estimators)
+    try:
+        with SignalGuard():
+            _run_pairs(config, estimators, out_dir, run, progress)
+    except Interrupted as err:
+        total, done = len(config.pairs), len(run.records)
+        position = done + len(run.failed)  # the pair in progress
+        if position < total:
+            where = f"during pair {position + 1}/{total} ({config.pairs[position].label})"
+        else:
+            where = "after the last pair, while scoring the pool-relative estimators"
+        raise TTAInterrupted(
+            f"interrupted by {err.signal_name} {where}; {done} of {total} pairs are finished and stored in "
+            f"{out_dir}; rerun the same command to resume (finished pairs are reused"
+            f"{', the interrupted one is redone' if position < total else ''})"
+        ) from None
+    return run
+
+
+def _run_pairs(
+    config: BenchmarkConfig, estimators: list[str], out_dir: Path, run: BenchmarkRun, progress: bool
+) -> None:
+    """The loop of :func:`run_benchmark`: every pair into ``run``, then the pool-relative estimators."""
     features_of: dict[str, Any] = {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -496,4 +525,3 @@ def run_benchmark(config: BenchmarkConfig, progress: bool = True) -> BenchmarkRu
         return features_of[pid]
 
     pool_scores(run.records, estimators, target_features, config.estimator_kwargs)
-    return run

@@ -15,8 +15,169 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tta.data.cache import FeatureCache
 from tta.data.features import get_features
 from tta.data.tasks import TaskSpec
+from tta.errors import TTAInputError
 
-__all__ = ["FeaturePair", "TaskPairDataModule", "extraction_trainer_kwargs", "standardise"]
+__all__ = [
+    "FeaturePair",
+    "TaskPairDataModule",
+    "check_features",
+    "check_split",
+    "extraction_trainer_kwargs",
+    "standardise",
+]
+
+#: The splits of a :class:`FeaturePair`, with the role of their task.
+SPLITS = (
+    ("source_train", "reference"),
+    ("source_test", "reference"),
+    ("target_train", "target"),
+    ("target_test", "target"),
+)
+
+#: Labels are class ids: any integer dtype is accepted (and stored as int64), floats and bools are not.
+_INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def _first_rows(mask: Tensor, limit: int = 5) -> str:
+    rows = torch.nonzero(mask).flatten()[:limit].tolist()
+    return ", ".join(map(str, rows)) + (", …" if int(mask.sum()) > limit else "")
+
+
+def check_split(
+    name: str, split: Any, class_names: list[str], where: str = "", fix_empty: str = ""
+) -> tuple[Tensor, Tensor]:
+    """Check one ``(features (n, d), labels (n,))`` split of a task; return it with int64 labels.
+
+    Args:
+        name: The split, for the messages (``"target_train"``).
+        split: ``(features, labels)``.
+        class_names: The task's classes: labels must be ``0..len(class_names)-1``, each present.
+        where: Where the data came from, appended to the messages (``" (backbone ..., task ...)"``).
+        fix_empty: How to fix an empty class, for the message (default: a generic hint).
+
+    Returns:
+        ``(features, labels)``: features as float32 (what the analysis computes in), labels as int64.
+
+    Raises:
+        TTAInputError: On missing labels, a shape, dtype or length mismatch, NaN/Inf features, a label out
+            of ``0..K-1`` (negative, too large, or not a whole number) or a class without samples; the
+            message names the split, the rows and the fix.
+    """
+    k = len(class_names)
+    if not isinstance(split, (tuple, list)) or len(split) != 2:
+        raise TTAInputError(
+            f"{name}{where}: expected a (features, labels) pair, got {type(split).__name__}"
+            + (f" of length {len(split)}" if isinstance(split, (tuple, list)) else "")
+        )
+    z, y = split
+    if y is None:
+        raise TTAInputError(
+            f"{name}{where}: labels are missing; give an int64 tensor (n,) of class ids 0..{k - 1} "
+            "(for a target without labels, rank with `tta rank --label-free`)"
+        )
+    if not isinstance(z, Tensor):
+        z = torch.as_tensor(z)
+    if not isinstance(y, Tensor):
+        y = torch.as_tensor(y)
+    if z.ndim != 2 or not z.is_floating_point():
+        raise TTAInputError(
+            f"{name}{where}: features must be a float tensor (n, d), got {z.dtype} {tuple(z.shape)}"
+        )
+    n = int(z.shape[0])
+    if y.ndim != 1 or int(y.shape[0]) != n:
+        raise TTAInputError(
+            f"{name}{where}: labels must have shape ({n},) (one per feature row), got {tuple(y.shape)}"
+        )
+    if n == 0:
+        raise TTAInputError(f"{name}{where}: the split is empty; every split needs samples of every class")
+    bad = ~torch.isfinite(z)
+    if bool(bad.any()):
+        rows = bad.any(1)
+        raise TTAInputError(
+            f"{name}{where}: features contain {int(bad.sum())} NaN/Inf values in {int(rows.sum())} of {n} "
+            f"rows (rows {_first_rows(rows)}); fix the inputs that produce them (or drop those rows) "
+            "before the analysis"
+        )
+    if y.dtype not in _INTEGER_DTYPES:
+        whole = y.is_floating_point() and bool(torch.isfinite(y).all()) and bool((y == y.round()).all())
+        hint = " (they are whole numbers: convert them with labels.long())" if whole else ""
+        raise TTAInputError(
+            f"{name}{where}: labels must be integer class ids 0..{k - 1}, got dtype {y.dtype}{hint}"
+        )
+    z, y = z.to(torch.float32), y.to(torch.int64)
+    out_of_range = (y < 0) | (y >= k)
+    if bool(out_of_range.any()):
+        lo, hi = int(y.min()), int(y.max())
+        shown = ", ".join(class_names[:10]) + (", …" if k > 10 else "")
+        raise TTAInputError(
+            f"{name}{where}: labels span {lo}..{hi} but the task has {k} classes ({shown}), so labels must "
+            f"be 0..{k - 1} (rows {_first_rows(out_of_range)}); "
+            "remap the labels to 0..K-1 or give one class name per class"
+        )
+    counts = torch.bincount(y, minlength=k)
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty:
+        named = ", ".join(f"{c} ({class_names[c]!r})" for c in empty[:5]) + (", …" if len(empty) > 5 else "")
+        fix = fix_empty or "drop the class, or give it samples in this split"
+        lead = f"{n} samples for {k} classes: " if n < k else ""
+        raise TTAInputError(
+            f"{name}{where}: {lead}class{'es' if len(empty) > 1 else ''} {named} "
+            f"{'have' if len(empty) > 1 else 'has'} no samples; every class needs at least one sample in "
+            f"every split: {fix}"
+        )
+    return z, y
+
+
+def check_features(pair: FeaturePair, where: dict[str, str] | None = None) -> FeaturePair:
+    """Check every split of a :class:`FeaturePair` before any work starts.
+
+    In place: features become float32 (what the analysis computes in), labels int64. Both tasks need at
+    least 2 classes; each split passes :func:`check_split`; both tasks must have features of one
+    dimension ``d``. A target may have more classes than the reference, or far fewer.
+
+    Args:
+        pair: The features.
+        where: Per split name, where it came from, appended to the messages; given (by
+            :meth:`TaskPairDataModule.load_features`), the fixes name the config keys (``data.target...``).
+
+    Returns:
+        ``pair``.
+
+    Raises:
+        TTAInputError: With the split, what is wrong and how to fix it.
+    """
+    config = where is not None
+    where = where or {}
+    names = {"reference": list(pair.source_class_names), "target": list(pair.target_class_names)}
+    for role in ("reference", "target"):
+        if len(names[role]) < 2:
+            shown = ", ".join(map(repr, names[role])) or "none"
+            raise TTAInputError(
+                f"the {role} task has {len(names[role])} class{'es' if not names[role] else ''} ({shown}); "
+                f"the analysis needs at least 2 {role} classes (with one there is nothing to predict): add "
+                + (f"classes (data.{role}.classes)" if config else f"classes to the {role} features")
+            )
+    dims: dict[str, int] = {}
+    for split, role in SPLITS:
+        side = split.rsplit("_", 1)[1]
+        fix = (
+            f"drop the class from data.{role}.classes, or give it samples (data.{role}.{side}_per_class, "
+            f"data.{role}.test_fraction)"
+            if config
+            else f"drop the class (and its name from {'source' if role == 'reference' else 'target'}"
+            "_class_names, relabelling the others), or add samples of it to this split"
+        )
+        z, y = check_split(split, getattr(pair, split), names[role], where.get(split, ""), fix)
+        setattr(pair, split, (z, y))
+        dims[split] = int(z.shape[1])
+    if len(set(dims.values())) > 1:
+        shown = ", ".join(f"{k} d={v}" for k, v in dims.items())
+        raise TTAInputError(
+            f"feature dimension mismatch: {shown}; the reference and target features must come from the "
+            "same backbone (same d): extract both with one backbone"
+        )
+    pair._checked = True  # type: ignore[attr-defined]
+    return pair
 
 
 def standardise(train: Tensor, *others: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
@@ -163,6 +324,9 @@ class TaskPairDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1024,
     ):
         super().__init__()
+        for arg, value in (("extract_batch_size", extract_batch_size), ("eval_batch_size", eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TTAInputError(f"data.{arg} must be a positive integer, got {value!r}")
         self.reference = reference
         self.target = target
         self.cache_dir = cache_dir
@@ -182,7 +346,7 @@ class TaskPairDataModule(pl.LightningDataModule):
         """
         spec = TaskSpec("precomputed")
         module = cls(spec, spec, use_cache=False, eval_batch_size=eval_batch_size)
-        module.features = features
+        module.features = check_features(features)
         return module
 
     def _cache(self) -> FeatureCache | None:
@@ -218,9 +382,23 @@ class TaskPairDataModule(pl.LightningDataModule):
                 raw[f"{role}_{split}"] = (out.features, out.labels)
                 names[role] = list(out.class_names)
                 hits[f"{role}_{split}"] = bool(out.cache_hit)
+        # the raw features, before standardising spreads one NaN over a whole column
+        unscaled = FeaturePair(
+            source_train=raw["source_train"],
+            source_test=raw["source_test"],
+            target_train=raw["target_train"],
+            target_test=raw["target_test"],
+            source_class_names=names["source"],
+            target_class_names=names["target"],
+        )
+        name = getattr(backbone, "name", type(backbone).__name__)
+        specs = {"reference": self.reference, "target": self.target}
+        where = {split: f" (backbone {name}, task {specs[role].describe()})" for split, role in SPLITS}
+        check_features(unscaled, where)
+        raw = {split: getattr(unscaled, split) for split, _ in SPLITS}
         s_tr, s_te = standardise(raw["source_train"][0], raw["source_test"][0])
         t_tr, t_te = standardise(raw["target_train"][0], raw["target_test"][0])
-        return FeaturePair(
+        pair = FeaturePair(
             source_train=(s_tr, raw["source_train"][1]),
             source_test=(s_te, raw["source_test"][1]),
             target_train=(t_tr, raw["target_train"][1]),
@@ -230,12 +408,16 @@ class TaskPairDataModule(pl.LightningDataModule):
             timings={"features": time.perf_counter() - started},
             cache_hits=hits,
         )
+        pair._checked = True  # type: ignore[attr-defined]
+        return pair
 
     def setup(self, stage: str) -> None:
+        if self.features is not None and not getattr(self.features, "_checked", False):
+            check_features(self.features)  # set directly, not through from_features
         if self.features is None:
             backbone = getattr(self.trainer.lightning_module, "backbone", None)  # type: ignore[union-attr]
             if backbone is None:
-                raise ValueError(
+                raise TTAInputError(
                     "the model has no backbone to extract features with: give TaskTransferAnalysis a "
                     "backbone, "
                     "or build the data module with TaskPairDataModule.from_features(...)"

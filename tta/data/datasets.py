@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tta.errors import TTAError, TTAInputError
 from tta.plugins import DATASETS
 
 __all__ = [
@@ -72,7 +73,7 @@ _DIGIT_CLASSES = [str(i) for i in range(10)]
 LFW_CLASSES = ["face", "non-face"]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(TTAError, FileNotFoundError):
     """A dataset's files are not on this machine; the message says how to get them."""
 
 
@@ -115,21 +116,27 @@ class ImageDataset(_Labelled):
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim not in (3, 4):
-            raise ValueError(
-                f"{self.name}: images must be a uint8 tensor (N, H, W) or (N, H, W, C), got "
-                f"{self.images.dtype} {tuple(self.images.shape)}"
+            got = f"{self.images.dtype} {tuple(self.images.shape)}"
+            if self.images.is_floating_point():
+                bad = int((~torch.isfinite(self.images)).sum())
+                if bad:
+                    got += f" with {bad} NaN/Inf values (fix or drop those images first)"
+                got += "; convert float images in [0, 1] with (images * 255).round().clamp(0, 255).byte()"
+            raise TTAInputError(
+                f"{self.name}: images must be a uint8 tensor (N, H, W) or (N, H, W, C), got {got}"
             )
         if self.labels.ndim != 1 or self.labels.shape[0] != self.images.shape[0]:
-            raise ValueError(
+            raise TTAInputError(
                 f"{self.name}: labels must have shape ({self.images.shape[0]},), "
                 f"got {tuple(self.labels.shape)}"
             )
-        self.labels = self.labels.to(torch.int64)
+        self.labels = _integer_labels(self.name, self.labels)
         if self.labels.numel() and self.class_names:
             lo, hi = int(self.labels.min()), int(self.labels.max())
             if lo < 0 or hi >= len(self.class_names):
-                raise ValueError(
-                    f"{self.name}: labels span {lo}..{hi} but there are {len(self.class_names)} class names"
+                raise TTAInputError(
+                    f"{self.name}: labels span {lo}..{hi} but there are {len(self.class_names)} class names; "
+                    "labels must be 0..K-1 (remap them, or give one class name per class)"
                 )
 
     @property
@@ -163,14 +170,27 @@ class ImageDataset(_Labelled):
         )
 
 
+def _integer_labels(name: str, labels: Tensor) -> Tensor:
+    """``labels`` as int64; float (even whole-valued), bool or complex labels are refused."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        whole = labels.is_floating_point() and bool(torch.isfinite(labels).all())
+        whole = whole and bool((labels == labels.round()).all())
+        hint = " (they are whole numbers: convert them with labels.long())" if whole else ""
+        raise TTAInputError(f"{name}: labels must be integer class ids, got dtype {labels.dtype}{hint}")
+    return labels.to(torch.int64)
+
+
 def _check_labels(name: str, labels: Tensor, n: int, class_names: Sequence[str]) -> Tensor:
     if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"{name}: labels must have shape ({n},), got {tuple(labels.shape)}")
-    labels = labels.to(torch.int64)
+        raise TTAInputError(f"{name}: labels must have shape ({n},), got {tuple(labels.shape)}")
+    labels = _integer_labels(name, labels)
     if labels.numel() and class_names:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= len(class_names):
-            raise ValueError(f"{name}: labels span {lo}..{hi} but there are {len(class_names)} class names")
+            raise TTAInputError(
+                f"{name}: labels span {lo}..{hi} but there are {len(class_names)} class names; "
+                "labels must be 0..K-1 (remap them, or give one class name per class)"
+            )
     return labels
 
 
@@ -196,7 +216,7 @@ class TextDataset(_Labelled):
         self.texts = list(self.texts)
         bad = [i for i, t in enumerate(self.texts) if not isinstance(t, str)]
         if bad:
-            raise ValueError(
+            raise TTAInputError(
                 f"{self.name}: texts must be strings; item {bad[0]} is {type(self.texts[bad[0]])}"
             )
         self.labels = _check_labels(
@@ -270,7 +290,7 @@ class LazyImageDataset(_Labelled):
 
     def __post_init__(self) -> None:
         if int(self.image_size) < 1:
-            raise ValueError(f"{self.name}: image_size must be a positive integer, got {self.image_size}")
+            raise TTAInputError(f"{self.name}: image_size must be a positive integer, got {self.image_size}")
         self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
         self.labels = _check_labels(
             self.name, torch.as_tensor(self.labels), int(self.indices.shape[0]), self.class_names
@@ -382,17 +402,17 @@ def _read_idx_cached(path: str, size: int, mtime_ns: int) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an idx file (bad magic number)")
+        raise TTAInputError(f"{path} is not an idx file (bad magic number)")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if data[2] not in dtypes:
-        raise ValueError(f"{path}: unknown idx element type 0x{data[2]:02x}")
+        raise TTAInputError(f"{path}: unknown idx element type 0x{data[2]:02x}")
     ndim = data[3]
     shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(dtypes[data[2]])
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise ValueError(
+        raise TTAInputError(
             f"{path}: idx header announces shape {shape} ({expected} bytes) but the file holds "
             f"{len(data) - offset} bytes (truncated or corrupt?)"
         )
@@ -447,7 +467,7 @@ def fashion_mnist(split: str = "train", root: str | None = None, download: bool 
         DatasetNotFoundError: If neither source has the files.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"fashion_mnist: split must be 'train' or 'test', got {split!r}")
+        raise TTAInputError(f"fashion_mnist: split must be 'train' or 'test', got {split!r}")
     found = _fashion_mnist_debian(FASHION_MNIST_DEBIAN_DIR, split)
     if found is not None:
         images, labels = (torch.from_numpy(a.copy()) for a in found)

@@ -16,6 +16,7 @@ from torch import Tensor
 from tta.data.cache import FeatureCache
 from tta.data.datasets import ImageDataset
 from tta.data.tasks import TaskSpec, load_task
+from tta.errors import TTAInputError
 
 if TYPE_CHECKING:
     from tta.backbones.base import Backbone
@@ -125,7 +126,7 @@ def extract_features(
     from tta.data.extraction import run_extraction
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise TTAInputError(f"batch_size must be a positive integer, got {batch_size}")
     label = description or f"{backbone.name} · {dataset.name}" + (
         f" {dataset.split}" if getattr(dataset, "split", None) else ""
     )
@@ -201,7 +202,7 @@ def get_features(
         ``class_names`` and ``cache_hit``.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise TTAInputError(f"split must be 'train' or 'test', got {split!r}")
     key = None
     if cache is not None:
         key = cache.key(backbone.cache_key(), spec, split)
@@ -229,6 +230,23 @@ def get_features(
         entry_key, entry_cache = key, cache
 
         def store(features: Tensor) -> None:
+            try:
+                _save_entry(features)
+            except OSError as err:  # a full disk leaves no entry (atomic writes): say so, in one line
+                from tta._preflight import io_error
+
+                friendly = io_error(
+                    err,
+                    entry_cache.root,
+                    "the feature cache entry",
+                    "point the cache at a disk with room (TTA_CACHE_DIR or --data.cache_dir) or turn it off "
+                    "(--data.use_cache false)",
+                )
+                if friendly is None:
+                    raise
+                raise friendly from err
+
+        def _save_entry(features: Tensor) -> None:
             elapsed = time.perf_counter() - start
             entry_cache.save(
                 entry_key,

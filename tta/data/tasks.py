@@ -36,6 +36,7 @@ from torch import Tensor
 
 from tta.data.datasets import ImageDataset, LazyImageDataset, TextDataset, dataset_splits
 from tta.data.shifts import apply_shifts, validate_shifts
+from tta.errors import TTAInputError
 from tta.plugins import DATASETS
 
 __all__ = ["TaskSpec", "load_task", "resolve_classes", "split_dataset"]
@@ -85,33 +86,35 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+            raise TTAInputError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         for name in ("train_per_class", "test_per_class"):
             cap = getattr(self, name)
             if cap is not None and cap < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {cap}")
+                raise TTAInputError(f"{name} must be a positive integer or None, got {cap}")
         if self.classes is not None:
             if len(self.classes) == 0:
-                raise ValueError("classes must name at least one class (or be None for all)")
+                raise TTAInputError("classes must name at least one class (or be None for all)")
             bad = [c for c in self.classes if isinstance(c, bool) or not isinstance(c, (int, str))]
             if bad:
-                raise ValueError(f"classes must be class ids (int) or names (str), got {bad}")
+                raise TTAInputError(f"classes must be class ids (int) or names (str), got {bad}")
             dup = sorted({str(c) for c in self.classes if list(self.classes).count(c) > 1})
             if dup:
-                raise ValueError(f"classes lists class ids {dup} more than once")
+                raise TTAInputError(f"classes lists class ids {dup} more than once")
         if self.random_classes is not None:
             if isinstance(self.random_classes, bool) or self.random_classes < 1:
-                raise ValueError(
+                raise TTAInputError(
                     f"random_classes must be a positive integer or None, got {self.random_classes}"
                 )
             if self.classes is not None and self.random_classes > len(self.classes):
-                raise ValueError(
+                raise TTAInputError(
                     f"random_classes={self.random_classes} but classes lists only {len(self.classes)} "
                     "to draw from"
                 )
         if self.label_map is not None:
             if not isinstance(self.label_map, Mapping) or not self.label_map:
-                raise ValueError("label_map must be a non-empty mapping {old class: new class name}, or None")
+                raise TTAInputError(
+                    "label_map must be a non-empty mapping {old class: new class name}, or None"
+                )
             # JSON-friendly (the cache key hashes it): keys and values as strings
             object.__setattr__(self, "label_map", {str(k): str(v) for k, v in self.label_map.items()})
         if self.shifts is not None:
@@ -177,7 +180,7 @@ def _resolve_one(ref: int | str, class_names: Sequence[str], where: str) -> int 
     if ref in class_names:
         matches = [i for i, n in enumerate(class_names) if n == ref]
         if len(matches) > 1:
-            raise ValueError(f"{where}: class name {ref!r} is ambiguous (ids {matches}); use an id")
+            raise TTAInputError(f"{where}: class name {ref!r} is ambiguous (ids {matches}); use an id")
         return matches[0]
     folded = [i for i, n in enumerate(class_names) if n.casefold() == ref.casefold()]
     if len(folded) == 1:
@@ -187,7 +190,7 @@ def _resolve_one(ref: int | str, class_names: Sequence[str], where: str) -> int 
         return value if 0 <= value < len(class_names) else None
     close = difflib.get_close_matches(ref, list(class_names), n=5, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(
+    raise TTAInputError(
         f"{where}: no class named {ref!r}.{hint} Classes: {_list_names(class_names)} "
         f"(or ids 0..{len(class_names) - 1})"
     )
@@ -218,17 +221,17 @@ def resolve_classes(spec: TaskSpec, class_names: Sequence[str]) -> list[int]:
         resolved = [_resolve_one(c, class_names, where) for c in spec.classes]
         unknown = [c for c, r in zip(spec.classes, resolved, strict=True) if r is None]
         if unknown:
-            raise ValueError(
+            raise TTAInputError(
                 f"{where}: unknown class ids {unknown}; {spec.dataset} has classes "
                 f"0..{len(class_names) - 1} ({_list_names(class_names)})"
             )
         pool = [int(r) for r in resolved if r is not None]
         dup = sorted({f"{class_names[c]!r} (id {c})" for c in pool if pool.count(c) > 1})
         if dup:
-            raise ValueError(f"{where}: classes names {', '.join(dup)} more than once")
+            raise TTAInputError(f"{where}: classes names {', '.join(dup)} more than once")
     if spec.random_classes is not None:
         if spec.random_classes > len(pool):
-            raise ValueError(
+            raise TTAInputError(
                 f"{where}: random_classes={spec.random_classes} but there are only {len(pool)} classes "
                 "to draw from"
             )
@@ -251,13 +254,13 @@ def _select(
         idx = torch.nonzero(dataset.labels == c).flatten()
         n = idx.numel()
         if n == 0:
-            raise ValueError(
+            raise TTAInputError(
                 f"task {spec.describe()}: class {c} ({_class_name(dataset, c)}) has no samples in the "
                 f"{split} split"
             )
         if cap is not None:
             if n < cap:
-                raise ValueError(
+                raise TTAInputError(
                     f"task {spec.describe()}: class {c} ({_class_name(dataset, c)}) has {n} samples in the "
                     f"{split} split, fewer than the {cap} asked ({split}_per_class={cap})"
                 )
@@ -290,7 +293,7 @@ def _label_mapping(
         c = _resolve_one(key, class_names, where)
         if c is None or c not in renamed:
             kept = ", ".join(f"{class_names[k]!r} ({k})" for k in classes)
-            raise ValueError(f"{where}: {key!r} is not one of the task's classes: {kept}")
+            raise TTAInputError(f"{where}: {key!r} is not one of the task's classes: {kept}")
         renamed[c] = new
     names: list[str] = []
     for c in classes:
@@ -332,7 +335,7 @@ def load_task(spec: TaskSpec | Mapping[str, Any]) -> tuple[Any, Any]:
     else:
         train_full, test_full = split_dataset(loader(**kwargs), spec.test_fraction, spec.seed)
     if spec.shifts and isinstance(train_full, TextDataset):
-        raise ValueError(
+        raise TTAInputError(
             f"task {spec.describe()}: shifts apply to images, but {spec.dataset} is a text dataset"
         )
     class_names = max(train_full.class_names, test_full.class_names, key=len)
@@ -351,6 +354,6 @@ def load_task(spec: TaskSpec | Mapping[str, Any]) -> tuple[Any, Any]:
         if spec.shifts:
             part = replace(part, images=apply_shifts(part.images, spec.shifts, spec.seed, split, ids))
         if len(part) == 0:  # pragma: no cover - _select raises per class first
-            raise ValueError(f"task {spec.describe()}: the {split} split is empty")
+            raise TTAInputError(f"task {spec.describe()}: the {split} split is empty")
         parts.append(part)
     return parts[0], parts[1]

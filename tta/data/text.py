@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tta.data.datasets import DatasetNotFoundError, TextDataset
+from tta.errors import TTAInputError
 from tta.plugins import DATASETS
 
 __all__ = ["SMS_SPAM_CLASSES", "read_labelled_lines", "sms_spam", "sms_spam_path"]
@@ -64,7 +65,7 @@ def read_labelled_lines(path: str | Path, class_names: list[str]) -> tuple[list[
                 continue
             label, sep, text = line.partition("\t")
             if not sep or label not in index:
-                raise ValueError(
+                raise TTAInputError(
                     f"{path}:{lineno}: expected '<{'|'.join(class_names)}><TAB><text>', got {line[:60]!r}"
                 )
             texts.append(text)

@@ -33,6 +33,7 @@ from tta.data.datasets import (
     LazyImageDataset,
     _official_splits,
 )
+from tta.errors import TTAInputError
 from tta.plugins import DATASETS
 
 __all__ = [
@@ -121,7 +122,7 @@ def _open(name: str, factory: Callable[[], Any], root: str, download: bool) -> A
 
 def _check_split(name: str, split: str, allowed: Sequence[str]) -> None:
     if split not in allowed:
-        raise ValueError(f"{name}: split must be one of {', '.join(map(repr, allowed))}, got {split!r}")
+        raise TTAInputError(f"{name}: split must be one of {', '.join(map(repr, allowed))}, got {split!r}")
 
 
 def _tv():
@@ -161,7 +162,7 @@ def _lazy(
 ) -> LazyImageDataset:
     for p in parts[1:]:
         if list(getattr(p, "classes", class_names)) != list(getattr(parts[0], "classes", class_names)):
-            raise ValueError(f"{name}: the {split} split's parts have different classes; check the files")
+            raise TTAInputError(f"{name}: the {split} split's parts have different classes; check the files")
     labels = [y for p in parts for y in _labels_of(p)]
     source = parts[0] if len(parts) == 1 else _Concat(parts)
     return LazyImageDataset(
@@ -564,9 +565,9 @@ def image_folder(
     """
     if train_root or test_root:
         if not (train_root and test_root) or root is not None:
-            raise ValueError("image_folder: give either `root`, or both `train_root` and `test_root`")
+            raise TTAInputError("image_folder: give either `root`, or both `train_root` and `test_root`")
         if split not in ("train", "test"):
-            raise ValueError(
+            raise TTAInputError(
                 f"image_folder: split must be 'train' or 'test' with train_root/test_root, got {split!r}"
             )
         trees = {
@@ -574,7 +575,7 @@ def image_folder(
             for s, p in (("train", train_root), ("test", test_root))
         }
         if trees["train"].classes != trees["test"].classes:
-            raise ValueError(
+            raise TTAInputError(
                 f"image_folder: the train and test trees have different class folders: "
                 f"{trees['train'].classes} vs {trees['test'].classes}"
             )
@@ -586,7 +587,7 @@ def image_folder(
                 "(or train_root and test_root)"
             )
         if split is not None:
-            raise ValueError("image_folder: a single `root` has no official split; leave `split` unset")
+            raise TTAInputError("image_folder: a single `root` has no official split; leave `split` unset")
         tree = _folder("image_folder", str(Path(root).expanduser()))
     paths = [p for p, _ in tree.samples]
     return LazyImageDataset(

@@ -15,6 +15,7 @@ from torch import Tensor
 from tta.distances.base import DistanceEstimator, SoftLabels, label_marginals
 from tta.distances.exact import ExactDistance, per_label_exact
 from tta.distances.sinkhorn import SinkhornDistance
+from tta.errors import TTAInputError
 from tta.plugins import DISTANCES
 
 __all__ = ["AutoDistance"]
@@ -55,7 +56,7 @@ class AutoDistance(DistanceEstimator):
     ) -> None:
         super().__init__(soft_labels=soft_labels)
         if exact_max_pairs < 0:
-            raise ValueError(f"exact_max_pairs must be nonnegative, got {exact_max_pairs}")
+            raise TTAInputError(f"auto: exact_max_pairs must be nonnegative, got {exact_max_pairs}")
         self.exact_max_pairs = int(exact_max_pairs)
         self.exact = ExactDistance(max_iter=max_iter, soft_labels=soft_labels)
         self.sinkhorn = SinkhornDistance(

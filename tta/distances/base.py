@@ -420,13 +420,35 @@ class DistanceEstimator(abc.ABC):
             "subproblems": recs,
         }
         if failed:
+            from tta.errors import NumericalWarning
+
             warnings.warn(
-                f"{type(self).__name__}: the OT solver did not converge in {len(failed)} of {len(recs)} "
-                f"subproblem(s) ({warning}); the returned W1 is unreliable. Raise max_iter or use the "
-                "'sinkhorn' estimator.",
-                UserWarning,
+                _non_convergence_message(type(self).__name__, failed, len(recs), warning),
+                NumericalWarning,
                 stacklevel=3,
             )
+
+
+def _non_convergence_message(name: str, failed: list[dict[str, Any]], total: int, warning: str) -> str:
+    """One message for all the subproblems of a call whose solver did not converge (which, how big, fix)."""
+    where = []
+    for rec in failed[:5]:
+        label = f"class {rec['label']}" if rec.get("label") is not None else "problem"
+        where.append(f"{label} ({rec.get('solver', '?')}, n = {rec.get('n', '?')}, m = {rec.get('m', '?')})")
+    if len(failed) > 5:
+        where.append(f"and {len(failed) - 5} more")
+    limits = sorted({int(r["max_iter"]) for r in failed if r.get("max_iter") is not None})
+    if limits:
+        fix = (
+            f"raise max_iter (the network-simplex iteration limit, POT's numItermax; now "
+            f"{', '.join(map(str, limits))}) or use the 'sinkhorn' estimator"
+        )
+    else:
+        fix = "use the 'exact' estimator (problems up to a few thousand points per side) or a larger blur"
+    return (
+        f"{name}: the OT solver did not converge in {len(failed)} of {total} subproblem(s): "
+        f"{', '.join(where)} ({warning}); the returned W1 is unreliable. Fix: {fix}."
+    )
 
 
 def _validate(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from tta.distances.base import (
     feature_diameter,
     label_marginals,
 )
+from tta.errors import NumericalWarning, TTAInputError
 from tta.plugins import DISTANCES
 
 __all__ = ["SinkhornDistance", "data_scale"]
@@ -173,11 +175,13 @@ class SinkhornDistance(DistanceEstimator):
     ) -> None:
         super().__init__(soft_labels=soft_labels)
         if not blur > 0:
-            raise ValueError(f"blur must be positive, got {blur}")
+            raise TTAInputError(f"sinkhorn: blur must be positive, got {blur} (e.g. blur: 0.01)")
         if not 0 < scaling < 1:
-            raise ValueError(f"scaling must lie in (0, 1), got {scaling}")
+            raise TTAInputError(f"sinkhorn: scaling must lie in (0, 1), got {scaling} (e.g. scaling: 0.9)")
         if backend not in ("tensorized", "online", "auto"):
-            raise ValueError(f"backend must be 'tensorized', 'online' or 'auto', got {backend!r}")
+            raise TTAInputError(
+                f"sinkhorn: backend must be 'tensorized', 'online' or 'auto', got {backend!r}"
+            )
         self.blur = float(blur)
         self.scaling = float(scaling)
         self.backend: Backend = backend
@@ -190,10 +194,36 @@ class SinkhornDistance(DistanceEstimator):
         )
 
     def resolve_backend(self, device: torch.device) -> Literal["tensorized", "online"]:
-        """The backend used on ``device`` (``"auto"``: online on CUDA, tensorized otherwise)."""
-        if self.backend == "auto":
-            return "online" if device.type == "cuda" else "tensorized"
-        return self.backend
+        """The backend used on ``device`` (``"auto"``: online on CUDA, tensorized otherwise).
+
+        On CUDA, KeOps is first checked in a child process (:func:`tta.distances._keops_check.keops_status`:
+        a broken KeOps set-up crashes the process it runs in). If the check fails, ``"auto"`` falls back to
+        ``"tensorized"`` with a warning, and ``"online"`` raises :class:`~tta.errors.TTAInputError`.
+        """
+        wanted = self.backend
+        if wanted == "auto":
+            wanted = "online" if device.type == "cuda" else "tensorized"
+        if wanted == "online" and device.type == "cuda":
+            from tta.distances._keops_check import keops_status
+
+            works, detail = keops_status("cuda")
+            if not works and self.backend == "online":
+                raise TTAInputError(
+                    f"the 'online' Sinkhorn backend needs KeOps, which fails on this CUDA set-up ({detail}). "
+                    "Use backend 'tensorized' (or 'auto', which falls back to it), or repair the KeOps "
+                    "install (python -c 'import pykeops; pykeops.test_torch_bindings()')."
+                )
+            if not works:
+                if not getattr(self, "_warned_keops", False):
+                    warnings.warn(
+                        f"KeOps fails on this CUDA set-up ({detail}); the 'auto' Sinkhorn backend uses "
+                        "'tensorized' (memory grows as n*m; use the 'subsample' estimator for large n).",
+                        NumericalWarning,
+                        stacklevel=2,
+                    )
+                    self._warned_keops = True
+                return "tensorized"
+        return wanted
 
     def _begin(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, diameter: float) -> None:
         super()._begin(x, y, a, b, diameter)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from tta.distances.base import DistanceEstimator, SoftLabels, label_marginals
 from tta.distances.exact import ExactDistance
+from tta.errors import TTAInputError
 from tta.plugins import DISTANCES
 
 __all__ = ["SubsampledDistance"]
@@ -74,9 +75,11 @@ class SubsampledDistance(DistanceEstimator):
     ) -> None:
         super().__init__(soft_labels=soft_labels)
         if max_points < 2:
-            raise ValueError(f"max_points must be at least 2, got {max_points}")
+            raise TTAInputError(f"subsample: max_points must be at least 2, got {max_points}")
         if replicates < 1:
-            raise ValueError(f"replicates must be at least 1 (2 or more for an interval), got {replicates}")
+            raise TTAInputError(
+                f"subsample: replicates must be at least 1 (2 or more for an interval), got {replicates}"
+            )
         self.max_points = int(max_points)
         self.replicates = int(replicates)
         self.seed = int(seed)

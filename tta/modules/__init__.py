@@ -2,6 +2,14 @@
 
 from tta.modules.analysis import TaskTransferAnalysis
 from tta.modules.backbone_training import SmallCNNClassifier, TaskImageDataModule
+from tta.modules.interrupt import InterruptCallback
 from tta.modules.probe import LinearProbe, ProbeMetrics
 
-__all__ = ["LinearProbe", "ProbeMetrics", "SmallCNNClassifier", "TaskImageDataModule", "TaskTransferAnalysis"]
+__all__ = [
+    "InterruptCallback",
+    "LinearProbe",
+    "ProbeMetrics",
+    "SmallCNNClassifier",
+    "TaskImageDataModule",
+    "TaskTransferAnalysis",
+]

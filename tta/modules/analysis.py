@@ -28,8 +28,11 @@ from tta.backbones import Backbone, create_backbone
 from tta.distances import DistanceEstimator, create_distance
 from tta.fitting import (
     BestTransform,
+    ConditionGuard,
     EvalConfig,
     TransformConfig,
+    WarningLog,
+    check_finite_gradients,
     evaluate_bound,
     finish_transform,
     initialise_transform,
@@ -45,6 +48,9 @@ from tta.transforms import TaskTransform
 __all__ = ["TaskTransferAnalysis"]
 
 PHASES = ("source_head", "probe", "standard_probe", "transform")
+
+#: Attributes of the cond(A) guard a checkpoint keeps, so that a resumed fit checks and restores alike.
+_GUARD_STATE = ("state", "good_step", "last_condition", "stopped_at", "cond_at_stop")
 
 
 def _spec_name(spec: object) -> str | None:
@@ -112,6 +118,12 @@ class TaskTransferAnalysis(pl.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # the frozen backbone is rebuilt from its config, not stored
         self.register_buffer("step_counter", torch.zeros((), dtype=torch.long))
+        # transform.max_condition: the transform step whose A was ill-conditioned (-1: none) and its cond(A);
+        # buffers, so that a checkpoint (and `tta test` from it) keeps them
+        self.register_buffer("ill_conditioned_at", torch.full((), -1, dtype=torch.long))
+        self.register_buffer("cond_at_stop", torch.zeros((), dtype=torch.float64))
+        self._guard: ConditionGuard | None = None
+        self.warning_log = WarningLog()
         self.source_head: LinearProbe | None = None
         self.probe: LinearProbe | None = None
         self.standard_probe: LinearProbe | None = None
@@ -191,6 +203,19 @@ class TaskTransferAnalysis(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._best is not None:
             checkpoint["tta_best_transform"] = self._best.state_dict()
+        elif self._best_state is not None:  # resumed, and saved again before the transform phase went on
+            checkpoint["tta_best_transform"] = self._best_state
+        # what a resumed fit needs to report the same result (transform_stopped_at, selected_step, the
+        # phases' seconds so far, the numerical warnings already seen)
+        checkpoint["tta_timings"] = dict(self.timings)
+        guard = getattr(self, "_guard", None)  # transform.max_condition: the last well-conditioned state
+        if guard is not None:
+            checkpoint["tta_condition_guard"] = {
+                k: getattr(guard, k) for k in _GUARD_STATE if hasattr(guard, k)
+            }
+        entries = getattr(getattr(self, "warning_log", None), "entries", None)
+        if isinstance(entries, dict):
+            checkpoint["tta_warning_log"] = {k: dict(v) for k, v in entries.items()}
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("backbone.")]:
             del state[key]
@@ -228,36 +253,56 @@ class TaskTransferAnalysis(pl.LightningModule):
             self._log_step(
                 {f"train/{phase}_loss": loss, **{f"train/{phase}_{k}": v for k, v in parts.items()}}
             )
-        elif phase == "transform" and self._converged(local):
-            pass  # transform.patience: the selection bound stopped improving; the remaining steps are no-ops
+        elif phase == "transform" and (self._converged(local) or int(self.ill_conditioned_at) >= 0):
+            pass  # stopped early (transform.patience or transform.max_condition): the rest are no-ops
         elif phase == "transform":
             assert self.transform is not None and self.source_head is not None
             p_t = B.label_prior(f.target_train[1], f.num_target_classes).to(self.device)
-            objective, parts = step_objective(
-                self.transform,
-                self.source_head.head,
-                self._source_class_losses(),
-                f.source_train,
-                f.target_train,
-                p_t,
-                self.distance,
-                self.transform_config,
-                self.seed,
-                local,
-            )
+            where = f"transform step {local}"
+            with self.warning_log.capture(where, self.distance):
+                objective, parts = step_objective(
+                    self.transform,
+                    self.source_head.head,
+                    self._source_class_losses(),
+                    f.source_train,
+                    f.target_train,
+                    p_t,
+                    self.distance,
+                    self.transform_config,
+                    self.seed,
+                    local,
+                )
             best = self._best_transform()
-            if best is not None and local == 0:
-                best.update(self.transform, -1)
+            guard = self._condition_guard()
+            with self.warning_log.capture(where, self.distance):
+                if guard.enabled and guard.state is None:  # first step, or resumed from a checkpoint
+                    guard.check(self.transform, local - 1)
+                if best is not None and local == 0:
+                    best.update(self.transform, -1)
             opt = optimizers[3]
             opt.zero_grad()
             self.manual_backward(objective)
+            check_finite_gradients(self.transform, local)
             opt.step()
             values = {f"train/{k}": v for k, v in parts.items()}
-            if best is not None and is_selection_step(self.transform_config, local):
-                values["train/selection_bound"] = best.update(self.transform, local)
-                self._log_step(values, force=True)
-            else:
-                self._log_step(values)
+            force = False
+            with self.warning_log.capture(where, self.distance):
+                if guard.due(local):
+                    well_conditioned = guard.check(self.transform, local)
+                    values["train/cond_A"] = guard.last_condition
+                    force = True
+                    if not well_conditioned:  # the last well-conditioned state is back in self.transform
+                        self.ill_conditioned_at.fill_(local)
+                        self.cond_at_stop.fill_(float(guard.last_condition or 0.0))
+                        self.timings.setdefault("transform_stopped_at", float(local + 1))
+                if (
+                    int(self.ill_conditioned_at) < 0
+                    and best is not None
+                    and is_selection_step(self.transform_config, local)
+                ):
+                    values["train/selection_bound"] = best.update(self.transform, local)
+                    force = True
+            self._log_step(values, force=force)
         self.step_counter += 1
         if int(self.step_counter) == self.total_steps:
             self._finish_fit()  # before the end-of-epoch checkpoint, so that it holds the final transform
@@ -275,6 +320,30 @@ class TaskTransferAnalysis(pl.LightningModule):
             return False
         self.timings.setdefault("transform_stopped_at", float(local))
         return True
+
+    def _condition_guard(self) -> ConditionGuard:
+        """The cond(A) check of the transform phase (``transform.max_condition``)."""
+        if self._guard is None:
+            self._guard = ConditionGuard(self.transform_config)
+        return self._guard
+
+    def _numerical_record(self) -> tuple[dict[str, Any], list[str]]:
+        """The cond(A) stop (``stopped_ill_conditioned_at``...) and the run's warnings, for the result."""
+        stopped = int(self.ill_conditioned_at)
+        record = {
+            "stopped_ill_conditioned_at": stopped if stopped >= 0 else None,
+            "cond_A_at_stop": float(self.cond_at_stop) if stopped >= 0 else None,
+            "max_condition": self.transform_config.max_condition,
+        }
+        messages = self.warning_log.messages()
+        if stopped >= 0 and not any("max_condition" in m for m in messages):  # e.g. `tta test` from a ckpt
+            messages.insert(
+                0,
+                f"cond(A) = {float(self.cond_at_stop):.3g} exceeded transform.max_condition = "
+                f"{self.transform_config.max_condition} after transform step {stopped}; the transform phase "
+                "stopped early and kept the last well-conditioned state",
+            )
+        return record, messages
 
     def _log_step(self, values: dict[str, Any], force: bool = False) -> None:
         """Log one step's values straight to the logger, every ``log_every_n_steps`` steps.
@@ -320,6 +389,17 @@ class TaskTransferAnalysis(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._best_state = checkpoint.get("tta_best_transform")
+        self._best = None  # rebuilt from _best_state when next needed
+        self.timings.update(checkpoint.get("tta_timings") or {})
+        guard_state = checkpoint.get("tta_condition_guard")
+        if guard_state and hasattr(self, "_condition_guard"):
+            guard = self._condition_guard()
+            for key, value in guard_state.items():
+                if key in _GUARD_STATE and hasattr(guard, key):
+                    setattr(guard, key, value)
+        entries = getattr(getattr(self, "warning_log", None), "entries", None)
+        if isinstance(entries, dict):
+            entries.update({k: dict(v) for k, v in (checkpoint.get("tta_warning_log") or {}).items()})
 
     # ---------------------------------------------------------------- evaluation
     def on_test_epoch_start(self) -> None:
@@ -350,15 +430,17 @@ class TaskTransferAnalysis(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         f = self.features
         assert self.transform is not None and self.source_head is not None
-        terms = evaluate_bound(
-            self.transform,
-            self.source_head.head,
-            f.source_test,
-            f.target_test,
-            self.eval_distance,
-            self.eval_config,
-            label_cost=self.transform_config.label_cost,
-        )
+        with self.warning_log.capture("test", self.eval_distance):
+            terms = evaluate_bound(
+                self.transform,
+                self.source_head.head,
+                f.source_test,
+                f.target_test,
+                self.eval_distance,
+                self.eval_config,
+                label_cost=self.transform_config.label_cost,
+            )
+        numerics, run_warnings = self._numerical_record()
         metrics = {
             "transformed": self.transformed_metrics.compute(),
             "probe": self.probe.metrics.compute(),  # type: ignore[union-attr]
@@ -389,7 +471,12 @@ class TaskTransferAnalysis(pl.LightningModule):
             "gap": terms["bound"] - metrics["probe"]["ce"],
             "bound_covers_probe_exactly": terms["label_map_is_hard"],
             "reference_classifier": {"source_test_acc": source_acc},
-            "details": {k: v for k, v in terms.items() if k not in ("prior", "label_map")},
+            "details": {**{k: v for k, v in terms.items() if k not in ("prior", "label_map")}, **numerics},
+            "warnings": run_warnings,
+            "determinism": {
+                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            },
             "prior": terms["prior"],
             "label_map": terms["label_map"],
             "seed": self.seed,
