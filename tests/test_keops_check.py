@@ -50,9 +50,9 @@ def test_check_can_be_skipped(fresh, monkeypatch) -> None:
 def test_backend_falls_back_or_refuses_when_keops_fails(monkeypatch) -> None:
     monkeypatch.setattr(kc, "keops_status", lambda device_type="cuda": (False, "killed by signal 11"))
     cuda = torch.device("cuda")
-    with pytest.warns(NumericalWarning, match="falls back|uses 'tensorized'"):
+    with pytest.warns(NumericalWarning, match=r"falls back|uses 'tensorized'"):
         assert SinkhornDistance(backend="auto").resolve_backend(cuda) == "tensorized"
-    with pytest.raises(TTAInputError, match="signal 11.*tensorized"):
+    with pytest.raises(TTAInputError, match=r"signal 11.*tensorized"):
         SinkhornDistance(backend="online").resolve_backend(cuda)
     # CPU never asks KeOps through the check; tensorized stays tensorized everywhere
     assert SinkhornDistance(backend="auto").resolve_backend(torch.device("cpu")) == "tensorized"
