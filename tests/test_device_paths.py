@@ -45,8 +45,8 @@ def test_exact_closed_form_gradient_on_cuda_equals_cpu() -> None:
     a, b = torch.full((n,), 1.0 / n), torch.full((m,), 1.0 / m)
 
     def value_and_grads(device: str) -> list[torch.Tensor]:
-        xs = x.to(device).requires_grad_(True)
-        ls = lx.to(device).requires_grad_(True)
+        xs = x.detach().clone().to(device).requires_grad_(True)  # a fresh leaf on each device
+        ls = lx.detach().clone().to(device).requires_grad_(True)
         est = ExactDistance()
         w = est(xs, y.to(device), a.to(device), b.to(device), ls, ly.to(device), 1e6)
         w.backward()
