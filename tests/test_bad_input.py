@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import quiet_trainer
 
 from tta._preflight import check_writable_dir, find_tta_error, io_error
 from tta.data.datamodule import FeaturePair, TaskPairDataModule, check_features, standardise
@@ -227,8 +228,6 @@ def test_errors_are_checked_before_any_trainer_starts():
 
 
 def _fit(pair: FeaturePair, tmp_path, batch_size: int = 64):
-    import lightning.pytorch as pl
-
     from tta.fitting import TransformConfig
     from tta.heads import HeadConfig
     from tta.modules import TaskTransferAnalysis
@@ -245,14 +244,7 @@ def _fit(pair: FeaturePair, tmp_path, batch_size: int = 64):
         seed=0,
     )
     data = TaskPairDataModule.from_features(pair, eval_batch_size=50)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    trainer = quiet_trainer(tmp_path, enable_checkpointing=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=data)

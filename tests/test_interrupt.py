@@ -19,6 +19,7 @@ from unittest import mock
 import lightning.pytorch as pl
 import pytest
 import torch
+from _helpers import quiet_trainer
 from test_fit_synthetic import make_pair
 
 from tta.data.datamodule import FeaturePair, TaskPairDataModule
@@ -74,16 +75,7 @@ class SignalAtStep(pl.Callback):
 
 
 def _fit(tmp, model, callbacks=(), ckpt_path=None) -> pl.Trainer:
-    trainer = pl.Trainer(
-        max_epochs=1,
-        default_root_dir=tmp,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-        callbacks=list(callbacks),
-    )
+    trainer = quiet_trainer(tmp, num_sanity_val_steps=0, deterministic=True, callbacks=list(callbacks))
     trainer.fit(
         model,
         datamodule=TaskPairDataModule.from_features(_features(), eval_batch_size=50),

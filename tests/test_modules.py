@@ -1,8 +1,8 @@
 """The LightningModules on precomputed synthetic features (no backbone): fit, test, checkpoint reload."""
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from _helpers import quiet_trainer
 from test_fit_synthetic import make_pair
 
 from tta.data.datamodule import FeaturePair, TaskPairDataModule
@@ -31,14 +31,7 @@ def _model(**transform):
 
 
 def _trainer(tmp_path, **kw):
-    return pl.Trainer(
-        max_epochs=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kw,
-    )
+    return quiet_trainer(tmp_path, **kw)
 
 
 @pytest.fixture(scope="module")

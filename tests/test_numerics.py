@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import quiet_trainer
 from test_fit_synthetic import make_pair
 
 from tta import bound as B
@@ -248,7 +249,6 @@ def test_warning_log_collects_numerical_warnings_once_each():
 
 
 def test_solver_non_convergence_reaches_the_result(tmp_path):
-    import lightning.pytorch as pl
 
     from tta.data.datamodule import FeaturePair, TaskPairDataModule
     from tta.modules import TaskTransferAnalysis
@@ -266,13 +266,7 @@ def test_solver_non_convergence_reaches_the_result(tmp_path):
         eval_distance=ExactDistance(max_iter=3),  # the test-time solver stops before optimality
         seed=0,
     )
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path)
     data = TaskPairDataModule.from_features(features)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from _helpers import quiet_trainer
 from test_fit_synthetic import make_pair
 
 from tta.data.datamodule import FeaturePair, TaskPairDataModule
@@ -50,15 +50,7 @@ def _fit_and_test(
         eval_distance="exact",
         seed=seed,
     )
-    trainer = pl.Trainer(
-        max_epochs=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        deterministic=deterministic,
-    )
+    trainer = quiet_trainer(tmp_path, enable_checkpointing=False, deterministic=deterministic)
     data = TaskPairDataModule.from_features(features, eval_batch_size=40)
     trainer.fit(model, datamodule=data)
     trainer.test(model, datamodule=data, verbose=False)
