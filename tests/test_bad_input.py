@@ -646,3 +646,14 @@ def test_console_script_and_corrupt_cache_rebuild(tmp_path, cnn_weights):
     rebuilt = json.loads((tmp_path / "r" / "result.json").read_text())
     assert not all(rebuilt["data"]["cache_hits"].values())  # one entry was extracted again
     assert rebuilt["bound"] == pytest.approx(bound, abs=1e-6)  # from the same features
+
+
+def test_unknown_dataset_fails_when_the_data_module_is_built():
+    # before any feature extraction: a typo in the target must not cost the reference's extraction first
+    from tta.data.tasks import TaskSpec
+    from tta.plugins import PluginNotFoundError
+
+    with pytest.raises(PluginNotFoundError, match=r"Unknown dataset 'digts'.*Did you mean 'digits'"):
+        TaskPairDataModule(reference=TaskSpec("fashion_mnist"), target=TaskSpec("digts"))
+    module = TaskPairDataModule(reference=TaskSpec("fashion_mnist"), target=TaskSpec("digits"))
+    assert module.features is None  # nothing loaded yet

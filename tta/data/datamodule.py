@@ -16,6 +16,7 @@ from tta.data.cache import FeatureCache
 from tta.data.features import get_features
 from tta.data.tasks import TaskSpec
 from tta.errors import TTAInputError
+from tta.plugins import DATASETS
 
 __all__ = [
     "FeaturePair",
@@ -327,6 +328,9 @@ class TaskPairDataModule(pl.LightningDataModule):
         for arg, value in (("extract_batch_size", extract_batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TTAInputError(f"data.{arg} must be a positive integer, got {value!r}")
+        for spec in (reference, target):  # an unknown name fails now, not after minutes of extraction
+            if isinstance(getattr(spec, "dataset", None), str):
+                DATASETS.get(spec.dataset)
         self.reference = reference
         self.target = target
         self.cache_dir = cache_dir
