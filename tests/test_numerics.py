@@ -13,15 +13,13 @@ from tta import bound as B
 from tta.distances import AutoDistance, ExactDistance, SinkhornDistance
 from tta.errors import NumericalWarning, TTANumericalError
 from tta.fitting import (
-    ConditionGuard,
     TransformConfig,
-    WarningLog,
-    check_finite_gradients,
     initialise_transform,
     learn_transform,
     step_objective,
 )
 from tta.heads import HeadConfig, fit_linear_head
+from tta.health import ConditionGuard, WarningLog, check_finite_gradients
 from tta.transforms import TaskTransform, condition_number
 
 # ---------------------------------------------------------------------------- log of B·softmax

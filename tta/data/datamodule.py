@@ -27,6 +27,9 @@ __all__ = [
     "standardise",
 ]
 
+#: The dataset name of the tasks of :meth:`TaskPairDataModule.from_features` (nothing to load).
+_PRECOMPUTED = "precomputed"
+
 #: The splits of a :class:`FeaturePair`, with the role of their task.
 SPLITS = (
     ("source_train", "reference"),
@@ -329,8 +332,9 @@ class TaskPairDataModule(pl.LightningDataModule):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TTAInputError(f"data.{arg} must be a positive integer, got {value!r}")
         for spec in (reference, target):  # an unknown name fails now, not after minutes of extraction
-            if isinstance(getattr(spec, "dataset", None), str):
-                DATASETS.get(spec.dataset)
+            name = getattr(spec, "dataset", None)
+            if isinstance(name, str) and name != _PRECOMPUTED:
+                DATASETS.get(name)
         self.reference = reference
         self.target = target
         self.cache_dir = cache_dir
@@ -348,7 +352,7 @@ class TaskPairDataModule(pl.LightningDataModule):
             features: Standardised features of both tasks.
             eval_batch_size: Target test points per test step.
         """
-        spec = TaskSpec("precomputed")
+        spec = TaskSpec(_PRECOMPUTED)
         module = cls(spec, spec, use_cache=False, eval_batch_size=eval_batch_size)
         module.features = check_features(features)
         return module

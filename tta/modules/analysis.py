@@ -28,11 +28,8 @@ from tta.backbones import Backbone, create_backbone
 from tta.distances import DistanceEstimator, create_distance
 from tta.fitting import (
     BestTransform,
-    ConditionGuard,
     EvalConfig,
     TransformConfig,
-    WarningLog,
-    check_finite_gradients,
     evaluate_bound,
     finish_transform,
     initialise_transform,
@@ -42,6 +39,7 @@ from tta.fitting import (
     transform_optimizer,
 )
 from tta.heads import HeadConfig
+from tta.health import ConditionGuard, WarningLog, check_finite_gradients
 from tta.modules.probe import LinearProbe, ProbeMetrics
 from tta.transforms import TaskTransform
 
