@@ -17,3 +17,15 @@ def quiet_trainer(root: Any, **overrides: Any) -> Any:
         "enable_model_summary": False,
     }
     return pl.Trainer(**{**kwargs, **overrides})
+
+
+def tta_fit_command(configs: Any, root: Any, cache: Any, *extra: Any) -> list[str]:
+    """``python -m tta.cli fit`` with ``--config`` for each of ``configs``, its log root and cache folder."""
+    import sys
+
+    configs = configs if isinstance(configs, (list, tuple)) else [configs]
+    cmd = [sys.executable, "-m", "tta.cli", "fit"]
+    for config in configs:
+        cmd += ["--config", str(config)]
+    cmd += ["--trainer.default_root_dir", str(root), "--data.cache_dir", str(cache)]
+    return cmd + [str(e) for e in extra]

@@ -5,11 +5,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import tta_fit_command
 from scipy import stats
 
 import tta.benchmark.runner as runner
@@ -301,18 +301,7 @@ def test_benchmark_bound_equals_tta_fit(harness):
     """Pair 1 of the tiny benchmark is tests/conf/tiny.yaml: `tta fit` must report the same bound."""
     work = harness["work"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "tta.cli",
-        "fit",
-        "--config",
-        str(TINY_FIT),
-        "--trainer.default_root_dir",
-        str(work / "fit"),
-        "--data.cache_dir",
-        str(work / "cache"),
-    ]
+    cmd = tta_fit_command(TINY_FIT, work / "fit", work / "cache")
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     fit = json.loads(next((work / "fit").rglob("result.json")).read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from _helpers import tta_fit_command
 from torch import Tensor
 
 from tta.backbones import Backbone, EfficientNetLite0, ImagePreprocess
@@ -311,24 +312,12 @@ def test_ddp_extraction_on_two_cpu_processes_equals_single_process(tmp_path):
 def test_tta_fit_under_ddp_on_two_cpu_processes(tmp_path):
     """`tta fit --trainer.strategy ddp --trainer.devices 2`: features extracted by both ranks, one fit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "tta.cli",
-        "fit",
-        "--config",
-        str(ROOT / "tests" / "conf" / "tiny.yaml"),
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.default_root_dir",
-        str(tmp_path / "runs"),
-        "--data.cache_dir",
-        str(tmp_path / "cache"),
-    ]
+    cmd = tta_fit_command(
+        ROOT / "tests" / "conf" / "tiny.yaml",
+        tmp_path / "runs",
+        tmp_path / "cache",
+        *("--trainer.strategy", "ddp", "--trainer.devices", 2, "--trainer.accelerator", "cpu"),
+    )
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = sorted((tmp_path / "runs").rglob("result.json"))

@@ -19,7 +19,7 @@ from unittest import mock
 import lightning.pytorch as pl
 import pytest
 import torch
-from _helpers import quiet_trainer
+from _helpers import quiet_trainer, tta_fit_command
 from test_fit_synthetic import make_pair
 
 from tta.data.datamodule import FeaturePair, TaskPairDataModule
@@ -311,21 +311,7 @@ model:
 
 
 def _fit_cmd(work: Path, root: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "tta.cli",
-        "fit",
-        "--config",
-        str(TINY),
-        "--config",
-        str(work / "overrides.yaml"),
-        "--trainer.default_root_dir",
-        str(work / root),
-        "--data.cache_dir",
-        str(work / "cache"),
-        *extra,
-    ]
+    return tta_fit_command([TINY, work / "overrides.yaml"], work / root, work / "cache", *extra)
 
 
 def _record(work: Path, root: str) -> dict:

@@ -3,12 +3,11 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from _helpers import quiet_trainer
+from _helpers import quiet_trainer, tta_fit_command
 from test_fit_synthetic import make_pair
 
 from tta.data.datamodule import FeaturePair, TaskPairDataModule
@@ -109,23 +108,13 @@ def test_deterministic_false_is_recorded(tmp_path):
 
 def _tta_fit(work: Path, name: str, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TTA_CACHE_DIR": str(work / "cache")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "tta.cli",
-        "fit",
-        "--config",
-        str(TINY),
-        "--trainer.default_root_dir",
-        str(work / name),
-        "--data.cache_dir",
-        str(work / "cache"),
-        "--trainer.enable_checkpointing",
-        "false",
-        "--model.transform.steps",
-        "4",
+    cmd = tta_fit_command(
+        TINY,
+        work / name,
+        work / "cache",
+        *("--trainer.enable_checkpointing", "false", "--model.transform.steps", 4),
         *extra,
-    ]
+    )
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (path,) = sorted((work / name).rglob("result.json"))
