@@ -27,7 +27,7 @@ def test_crashing_probe_is_caught_and_remembered(fresh, monkeypatch) -> None:
     works, detail = kc.keops_status("cpu")
     assert not works
     assert f"signal {int(signal.SIGSEGV)}" in detail
-    record = json.loads((fresh / "keops_check.json").read_text())
+    record = json.loads((fresh / ".checks" / "keops.json").read_text())
     assert list(record.values()) == [[False, detail]]
     # the answer on disk is reused: a probe that would now succeed is not run again
     kc.keops_status.cache_clear()
@@ -62,3 +62,12 @@ def test_backend_falls_back_or_refuses_when_keops_fails(monkeypatch) -> None:
 def test_backend_keeps_online_when_keops_works(monkeypatch) -> None:
     monkeypatch.setattr(kc, "keops_status", lambda device_type="cuda": (True, ""))
     assert SinkhornDistance(backend="auto").resolve_backend(torch.device("cuda")) == "online"
+
+
+def test_the_record_is_not_taken_for_a_cache_entry(fresh, monkeypatch) -> None:
+    from tta.data.cache import FeatureCache
+
+    monkeypatch.setattr(kc, "_PROBE", "print('ok')\n")
+    assert kc.keops_status("cpu") == (True, "")
+    assert (fresh / ".checks" / "keops.json").is_file()
+    assert FeatureCache(fresh).scan() == []  # `tta cache list` shows nothing, `clear` removes nothing

@@ -2,8 +2,9 @@
 
 Seen on an H200 with CUDA 13.0 and pykeops 2.3: KeOps' nvrtc code generation crashes the whole Python
 process (a segmentation fault: nothing to catch). The ``online`` Sinkhorn backend therefore runs one tiny
-KeOps reduction in a child process first; the answer is kept for the process and on disk (beside the
-feature cache), keyed by the versions and the device, so the check costs one compile per set-up.
+KeOps reduction in a child process first; the answer is kept for the process and on disk
+(``.checks/keops.json`` in the feature cache folder), keyed by the versions and the device, so the check
+costs one compile per set-up.
 ``TTA_KEOPS_CHECK=0`` skips it (trust KeOps).
 """
 
@@ -48,10 +49,10 @@ def _key(device_type: str) -> str:
 
 
 def _record_path() -> Path:
-    root = os.environ.get("TTA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tta"
-    )
-    return Path(root) / "keops_check.json"
+    """In a sub-folder of the feature cache, which ``tta cache list|clear`` do not take for an entry."""
+    from tta.data.cache import default_cache_dir
+
+    return default_cache_dir() / ".checks" / "keops.json"
 
 
 @functools.cache
