@@ -39,10 +39,19 @@ def condition_number(matrix: Tensor) -> float:
     Returns:
         :math:`\kappa(A) \ge 1`, or ``inf``.
     """
+    return _condition(_singular_values(matrix))
+
+
+def _singular_values(matrix: Tensor) -> Tensor | None:
+    """The singular values of ``matrix`` in float64, or ``None`` if it has a NaN/Inf entry."""
     a = matrix.detach().double()
-    if not bool(torch.isfinite(a).all()):
+    return torch.linalg.svdvals(a) if bool(torch.isfinite(a).all()) else None
+
+
+def _condition(sv: Tensor | None) -> float:
+    """Largest over smallest of singular values ``sv`` (``inf`` if singular, or ``sv`` is ``None``)."""
+    if sv is None:
         return float("inf")
-    sv = torch.linalg.svdvals(a)
     smallest = float(sv.min())
     return float(sv.max()) / smallest if smallest > 0 else float("inf")
 
@@ -180,11 +189,11 @@ class TaskTransform(nn.Module):
     def diagnostics(self) -> dict[str, float]:
         r"""cond(A), :math:`\\|A\\bar A - I\\|_F` and the smallest singular value of ``A``."""
         a = self.matrix.detach().double()
-        sv = torch.linalg.svdvals(a) if bool(torch.isfinite(a).all()) else torch.full((1,), math.nan)
+        sv = _singular_values(a)  # one SVD for both cond(A) and σ_min
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         return {
-            "cond_A": condition_number(a),
-            "min_singular_value_A": float(sv.min()),
+            "cond_A": _condition(sv),
+            "min_singular_value_A": math.nan if sv is None else float(sv.min()),
             "inverse_error": float(torch.linalg.matrix_norm(a @ self.inverse.detach().double() - eye)),
         }
 
