@@ -247,7 +247,6 @@ def test_warning_log_collects_numerical_warnings_once_each():
 
 
 def test_solver_non_convergence_reaches_the_result(tmp_path):
-
     from tta.data.datamodule import FeaturePair, TaskPairDataModule
     from tta.modules import TaskTransferAnalysis
 
@@ -288,3 +287,41 @@ def test_solver_non_convergence_reaches_the_result(tmp_path):
     console.print(format_result(result))
     text = console.export_text()
     assert "warning" in text and "did not converge" in text and "cond(A)" in text
+
+
+def test_condition_stop_survives_a_checkpoint(tmp_path):
+    """`tta test` from a checkpoint reports the cond(A) stop of the fit (the guard's state travels)."""
+    from tta.data.datamodule import FeaturePair, TaskPairDataModule
+    from tta.modules import TaskTransferAnalysis
+
+    s_tr, s_te, t_tr, t_te = make_pair(seed=5, d=4, k_s=3, k_t=3, n_per_class=40)
+    features = FeaturePair(s_tr, s_te, t_tr, t_te, ["a", "b", "c"], ["x", "y", "z"])
+    head = HeadConfig(tau=0.2, steps=10, batch_size=64)
+
+    def make():
+        return TaskTransferAnalysis(
+            backbone=None,
+            source_head=head,
+            probe=head,
+            standard_probe=head,
+            transform=TransformConfig(steps=6, batch_size=60, select_every=3, max_condition=1.0 + 1e-9),
+            distance="exact",
+            eval_distance="exact",
+            seed=0,
+        )
+
+    model, data = make(), TaskPairDataModule.from_features(features)
+    trainer = quiet_trainer(tmp_path, enable_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=data)
+        trainer.test(model, datamodule=data, verbose=False)
+        (ckpt,) = sorted(tmp_path.rglob("*.ckpt"))
+        again = make()
+        quiet_trainer(tmp_path).test(again, datamodule=data, ckpt_path=str(ckpt), verbose=False)
+    assert model.result["details"]["stopped_ill_conditioned_at"] == 2
+    for key in ("stopped_ill_conditioned_at", "cond_A_at_stop", "max_condition"):
+        assert again.result["details"][key] == model.result["details"][key], key
+    assert again.ill_conditioned_at == 2
+    assert again.result["bound"] == model.result["bound"]
+    assert any("max_condition" in m for m in again.result["warnings"])

@@ -116,10 +116,7 @@ class TaskTransferAnalysis(pl.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # the frozen backbone is rebuilt from its config, not stored
         self.register_buffer("step_counter", torch.zeros((), dtype=torch.long))
-        # transform.max_condition: the transform step whose A was ill-conditioned (-1: none) and its cond(A);
-        # buffers, so that a checkpoint (and `tta test` from it) keeps them
-        self.register_buffer("ill_conditioned_at", torch.full((), -1, dtype=torch.long))
-        self.register_buffer("cond_at_stop", torch.zeros((), dtype=torch.float64))
+        # transform.max_condition; its state (where it stopped, cond(A) then) travels in checkpoints
         self._guard: ConditionGuard | None = None
         self.warning_log = WarningLog()
         self.source_head: LinearProbe | None = None
@@ -251,7 +248,7 @@ class TaskTransferAnalysis(pl.LightningModule):
             self._log_step(
                 {f"train/{phase}_loss": loss, **{f"train/{phase}_{k}": v for k, v in parts.items()}}
             )
-        elif phase == "transform" and (self._converged(local) or int(self.ill_conditioned_at) >= 0):
+        elif phase == "transform" and (self._converged(local) or self.ill_conditioned_at >= 0):
             pass  # stopped early (transform.patience or transform.max_condition): the rest are no-ops
         elif phase == "transform":
             assert self.transform is not None and self.source_head is not None
@@ -290,11 +287,9 @@ class TaskTransferAnalysis(pl.LightningModule):
                     values["train/cond_A"] = guard.last_condition
                     force = True
                     if not well_conditioned:  # the last well-conditioned state is back in self.transform
-                        self.ill_conditioned_at.fill_(local)
-                        self.cond_at_stop.fill_(float(guard.last_condition or 0.0))
                         self.timings.setdefault("transform_stopped_at", float(local + 1))
                 if (
-                    int(self.ill_conditioned_at) < 0
+                    guard.stopped_at is None
                     and best is not None
                     and is_selection_step(self.transform_config, local)
                 ):
@@ -325,23 +320,24 @@ class TaskTransferAnalysis(pl.LightningModule):
             self._guard = ConditionGuard(self.transform_config)
         return self._guard
 
+    @property
+    def ill_conditioned_at(self) -> int:
+        """The transform step after which cond(A) exceeded ``transform.max_condition`` (``-1``: none)."""
+        stopped = self._guard.stopped_at if self._guard is not None else None
+        return -1 if stopped is None else int(stopped)
+
     def _numerical_record(self) -> tuple[dict[str, Any], list[str]]:
         """The cond(A) stop (``stopped_ill_conditioned_at``...) and the run's warnings, for the result."""
-        stopped = int(self.ill_conditioned_at)
-        record = {
-            "stopped_ill_conditioned_at": stopped if stopped >= 0 else None,
-            "cond_A_at_stop": float(self.cond_at_stop) if stopped >= 0 else None,
-            "max_condition": self.transform_config.max_condition,
-        }
+        guard = self._condition_guard()
         messages = self.warning_log.messages()
-        if stopped >= 0 and not any("max_condition" in m for m in messages):  # e.g. `tta test` from a ckpt
-            messages.insert(
+        if guard.stopped_at is not None and not any("max_condition" in m for m in messages):
+            messages.insert(  # a checkpoint saved without the warning log
                 0,
-                f"cond(A) = {float(self.cond_at_stop):.3g} exceeded transform.max_condition = "
-                f"{self.transform_config.max_condition} after transform step {stopped}; the transform phase "
-                "stopped early and kept the last well-conditioned state",
+                f"cond(A) = {float(guard.cond_at_stop or 0.0):.3g} exceeded transform.max_condition = "
+                f"{self.transform_config.max_condition} after transform step {guard.stopped_at}; the "
+                "transform phase stopped early and kept the last well-conditioned state",
             )
-        return record, messages
+        return guard.record(), messages
 
     def _log_step(self, values: dict[str, Any], force: bool = False) -> None:
         """Log one step's values straight to the logger, every ``log_every_n_steps`` steps.
