@@ -134,6 +134,48 @@ def test_lipschitz_constant_is_differentiable():
     assert a_inv.grad is not None and torch.isfinite(a_inv.grad).all() and a_inv.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_lipschitz_constant_gradient_equals_the_dense_maximum(seed):
+    """The arg-max recomputation gives the value and every gradient of the dense max over all norms."""
+    z, w, c, log_b, _, _ = _random_instance(seed, n=40, d=6, k_s=5, k_t=4)
+    g = torch.Generator().manual_seed(100 + seed)
+    inputs = {
+        "z1": z,
+        "z2": torch.randn(30, 6, generator=g, dtype=torch.float64) * 2,
+        "w": w,
+        "c": c,
+        "log_b": log_b,
+        "a_inv": torch.eye(6, dtype=torch.float64)
+        + 0.1 * torch.randn(6, 6, generator=g, dtype=torch.float64),
+        "shift": torch.randn(6, generator=g, dtype=torch.float64),
+    }
+    grads = []
+    for dense in (True, False):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        args = (leaves["w"], leaves["c"], leaves["log_b"], leaves["a_inv"], leaves["shift"])
+        if dense:  # the maximum of every norm, differentiated by autograd through all of them
+            points = [leaves["z1"], leaves["z2"]]
+            tau = torch.stack([B.gradient_norms(p, *args).max() for p in points]).max()
+        else:
+            tau = B.lipschitz_constant([leaves["z1"], leaves["z2"]], *args)
+        tau.backward()
+        grads.append(
+            (float(tau), {k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in leaves.items()})
+        )
+    (dense_value, dense_grads), (value, fast_grads) = grads
+    assert value == pytest.approx(dense_value, rel=1e-12)
+    for k in inputs:
+        torch.testing.assert_close(fast_grads[k], dense_grads[k], rtol=1e-10, atol=1e-12, msg=k)
+    assert (
+        dense_grads["a_inv"].abs().sum() > 0
+        and fast_grads["z1"].abs().sum() + fast_grads["z2"].abs().sum() > 0
+    )
+    with torch.no_grad():  # without a graph: the plain maximum, the same value
+        assert float(B.lipschitz_constant([inputs["z1"], inputs["z2"]], *args)) == pytest.approx(
+            value, rel=1e-12
+        )
+
+
 def test_transformed_log_probs_are_stable_with_hard_maps_and_huge_logits():
     z, w, c, log_b, _, _ = _random_instance(0, hard=True)
     log_q = B.transformed_log_probs(z * 1e4, w, c, log_b)

@@ -146,6 +146,19 @@ def test_evaluate_bound_reports_a_subsampled_w1_as_an_estimate(small_pair):
     assert res["w1"] > exact["w1"]  # conservative
 
 
+def test_terms_only_evaluation_equals_the_full_one(small_pair):
+    """The selection's short evaluation (``terms_only``) gives the full evaluation's terms exactly."""
+    src, tgt, head = small_pair
+    t = TaskTransform(3, 3, 4)
+    initialise_transform(t, src, tgt)
+    learn_transform(t, head, src, tgt, ExactDistance(), TransformConfig(steps=5, select_every=0))
+    full = evaluate_bound(t, head, src, tgt, ExactDistance())
+    short = evaluate_bound(t, head, src, tgt, ExactDistance(), terms_only=True)
+    keys = ("weighted_source_loss", "conditional_entropy", "tau", "w1", "bound")
+    assert set(keys) <= set(short) and "transformed_target_ce" not in short
+    assert {k: short[k] for k in keys} == {k: full[k] for k in keys}
+
+
 def test_patience_stops_when_the_selection_bound_stalls(small_pair):
     src, tgt, head = small_pair
     frozen = TransformConfig(steps=30, select_every=1, lr=0.0, lr_prior=0.0, lr_feature_map=0.0, patience=2)
