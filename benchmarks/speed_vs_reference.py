@@ -78,9 +78,11 @@ def variant_config(name: str, default_steps: int | None, select_every: int | Non
     if name == "default":
         return TransformConfig(**kw), "auto"
     if name == "default+stop":
-        return TransformConfig(patience=3, **kw), "auto"
-    if name == "default+stop1%":
+        return TransformConfig(patience=3, min_improvement=1e-3, **kw), "auto"
+    if name == "default+stop1%":  # the default since patience became 2 / 1 %; kept for older commands
         return TransformConfig(patience=2, min_improvement=0.01, **kw), "auto"
+    if name == "default-nostop":  # the earlier default: all `steps` steps
+        return TransformConfig(patience=0, **kw), "auto"
     if name == "default-150":  # the step count of configs/demo.yaml
         return TransformConfig(steps=150), "auto"
     if name == "default-dense-grad":
@@ -232,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-steps", type=int, default=None, help="override TransformConfig.steps")
     parser.add_argument(
         "--variants",
-        default="default,default+stop",
-        help="default-mode variants: default, default+stop (patience=3), default+stop1%% (patience=2, "
-        "min_improvement=0.01), default-150 (steps=150, as "
+        default="default,default-nostop",
+        help="default-mode variants: default (TransformConfig(): patience=2, min_improvement=0.01), "
+        "default-nostop (patience=0: all steps, the earlier default), default+stop (patience=3, "
+        "min_improvement=0.001), default+stop1%% (patience=2, min_improvement=0.01, i.e. the default), "
+        "default-150 (steps=150, as "
         "configs/demo.yaml), default-dense-grad (without the per-label fast path), default-autograd-w1 "
         "(per-label fast path with the previous autograd gradient instead of the closed form)",
     )

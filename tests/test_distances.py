@@ -484,6 +484,20 @@ class TestAutoDistance(DistanceEstimatorTests):
         assert large.diagnostics["backend"] == "tensorized"  # CPU
         assert large.diagnostics["blur"] == pytest.approx(0.01 * data_scale(x, y))
 
+    def test_computes_the_sinkhorn_scale_only_when_sinkhorn_runs(self, monkeypatch) -> None:
+        import tta.distances.sinkhorn as sinkhorn
+
+        calls = []
+        monkeypatch.setattr(sinkhorn, "data_scale", lambda *a: calls.append(1) or data_scale(*a))
+        x, y, _, _ = _clouds(30, 20, 3, seed=26)
+        AutoDistance()(x, y)
+        assert calls == []  # every subproblem exact: no pass over the clouds for Sinkhorn's scale
+        large = AutoDistance(exact_max_pairs=100)
+        large(x, y)
+        large(x, y)
+        assert calls == [1, 1]  # once per call that runs Sinkhorn
+        assert large.diagnostics["scale"] == pytest.approx(data_scale(x, y))
+
     def test_decides_per_subproblem(self) -> None:
         x, y, lx, ly = _labelled(40, 3, 2, seed=27)
         keep = torch.cat([torch.arange(0, 40, 2), torch.arange(1, 12, 2)])  # 20 of class 0, 6 of class 1

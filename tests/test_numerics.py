@@ -190,7 +190,7 @@ def test_learn_transform_stops_when_a_is_ill_conditioned(pair_and_head):
     # a generous threshold never fires: the full run, cond(A) recorded at every selection step
     with warnings.catch_warnings():
         warnings.simplefilter("error", NumericalWarning)
-        _, full = _learn(pair_and_head, max_condition=1e6)
+        _, full = _learn(pair_and_head, max_condition=1e6, patience=0)
     assert len(full) == 20 and [i for i, h in enumerate(full) if "cond_A" in h] == [4, 9, 14, 19]
     assert all(1.0 <= h["cond_A"] < 1e6 for h in full if "cond_A" in h)
 

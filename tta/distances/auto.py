@@ -71,8 +71,8 @@ class AutoDistance(DistanceEstimator):
 
     def _begin(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, diameter: float) -> None:
         super()._begin(x, y, a, b, diameter)
-        self.sinkhorn._begin(x, y, a, b, diameter)
-        self._ctx.update(self.sinkhorn._ctx)
+        # Sinkhorn's data scale (a pass over both clouds) is computed only if a subproblem needs Sinkhorn
+        self._scale_inputs: tuple[Tensor, ...] | None = (x, y, a, b)
         for solver in (self.exact, self.sinkhorn):
             solver._records = self._records  # the solvers report into this call's diagnostics
             solver._ctx = self._ctx
@@ -80,6 +80,8 @@ class AutoDistance(DistanceEstimator):
     def _pick(self, n: int, m: int) -> DistanceEstimator:
         if n * m <= self.exact_max_pairs and max(n, m) <= self.exact.max_points:
             return self.exact
+        if "blur_abs" not in self._ctx and getattr(self, "_scale_inputs", None) is not None:
+            self._ctx.update(self.sinkhorn._scale_context(*self._scale_inputs))
         return self.sinkhorn
 
     def _unlabelled(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -114,6 +116,7 @@ class AutoDistance(DistanceEstimator):
         return solver._joint(x, y, a, b, x_labels, y_labels, label_cost)
 
     def _finish(self, *args: Any, **kwargs: Any) -> None:
+        self._scale_inputs = None
         super()._finish(*args, **kwargs)
         if not any(r.get("solver") == "sinkhorn" for r in self._records):
             self.diagnostics["scale"] = None  # the scale only matters when Sinkhorn ran

@@ -227,9 +227,12 @@ class SinkhornDistance(DistanceEstimator):
 
     def _begin(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, diameter: float) -> None:
         super()._begin(x, y, a, b, diameter)
+        self._ctx.update(self._scale_context(x, y, a, b))
+
+    def _scale_context(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> dict[str, float]:
+        """The data scale of the whole clouds and the absolute blur it gives."""
         scale = data_scale(x, y, a, b)
-        self._ctx["scale"] = scale
-        self._ctx["blur_abs"] = self.blur * scale if scale > 0 else self.blur
+        return {"scale": scale, "blur_abs": self.blur * scale if scale > 0 else self.blur}
 
     def _loss(self, backend: str, diameter: float | None, cost: Callable[..., Tensor] | str | None) -> Any:
         from geomloss import SamplesLoss
