@@ -176,6 +176,12 @@ def test_lipschitz_constant_gradient_equals_the_dense_maximum(seed):
         )
 
 
+def test_lipschitz_constant_refuses_empty_point_sets():
+    _, w, c, log_b, _, _ = _random_instance(0)
+    with pytest.raises(ValueError, match="every point set is empty"):
+        B.lipschitz_constant([torch.zeros(0, w.shape[1], dtype=w.dtype)], w, c, log_b)
+
+
 def test_transformed_log_probs_are_stable_with_hard_maps_and_huge_logits():
     z, w, c, log_b, _, _ = _random_instance(0, hard=True)
     log_q = B.transformed_log_probs(z * 1e4, w, c, log_b)

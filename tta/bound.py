@@ -353,6 +353,8 @@ def lipschitz_constant(
     if isinstance(points, Tensor):
         points = [points]
     points = [p for p in points if p.numel()]
+    if not points:
+        raise ValueError("lipschitz_constant: every point set is empty; pass at least one point")
     args = (weight, bias, log_label_map, inverse, shift)
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*points, *args))
     if not tracked:
