@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from tta.bound import log_floor
+
 __all__ = ["MODES", "TaskTransform", "condition_number", "matching_label_map"]
 
 Mode = Literal["learned_all", "learned_a", "fixed_all"]
@@ -155,8 +157,8 @@ class TaskTransform(nn.Module):
             return
         k_t = self.num_target_classes
         smoothed = (1.0 - smoothing) * label_map.to(torch.float64) + smoothing / k_t
-        # floored (tta.bound.log_floor): a hard map with smoothing = 0 keeps finite, learnable logits
-        floor = math.log(torch.finfo(self.label_logits.dtype).tiny)
+        # floored: a hard map with smoothing = 0 keeps finite, learnable logits
+        floor = log_floor(self.label_logits.dtype)
         self.label_logits.copy_(smoothed.log().clamp_min(floor).to(self.label_logits))
 
     # ------------------------------------------------------------------ derived quantities
