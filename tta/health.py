@@ -76,6 +76,9 @@ class ConditionGuard:
     #: Check cadence when best-state selection is off (``select_every == 0``).
     DEFAULT_EVERY = 25
 
+    #: The attributes a checkpoint keeps, so that a resumed fit checks and restores alike.
+    STATE_KEYS = ("state", "good_step", "last_condition", "stopped_at", "cond_at_stop")
+
     def __init__(self, config: TransformConfig):
         self.max_condition = config.max_condition
         self.every = config.select_every if config.select_every > 0 else self.DEFAULT_EVERY
@@ -116,6 +119,16 @@ class ConditionGuard:
         if self.state is not None:
             transform.load_state_dict(self.state)
         return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints: the last well-conditioned state, where the guard stopped and cond(A) then."""
+        return {k: getattr(self, k) for k in self.STATE_KEYS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """From checkpoints (keys other than :attr:`STATE_KEYS` are ignored)."""
+        for k in self.STATE_KEYS:
+            if k in state:
+                setattr(self, k, state[k])
 
     def record(self) -> dict[str, Any]:
         """What the result records: ``stopped_ill_conditioned_at`` (``None`` if not stopped) and cond(A)."""

@@ -47,9 +47,6 @@ __all__ = ["TaskTransferAnalysis"]
 
 PHASES = ("source_head", "probe", "standard_probe", "transform")
 
-#: Attributes of the cond(A) guard a checkpoint keeps, so that a resumed fit checks and restores alike.
-_GUARD_STATE = ("state", "good_step", "last_condition", "stopped_at", "cond_at_stop")
-
 
 def _spec_name(spec: object) -> str | None:
     """A registry name as given, or the class name of an instance (for the saved hyper-parameters)."""
@@ -203,14 +200,9 @@ class TaskTransferAnalysis(pl.LightningModule):
         # what a resumed fit needs to report the same result (transform_stopped_at, selected_step, the
         # phases' seconds so far, the numerical warnings already seen)
         checkpoint["tta_timings"] = dict(self.timings)
-        guard = getattr(self, "_guard", None)  # transform.max_condition: the last well-conditioned state
-        if guard is not None:
-            checkpoint["tta_condition_guard"] = {
-                k: getattr(guard, k) for k in _GUARD_STATE if hasattr(guard, k)
-            }
-        entries = getattr(getattr(self, "warning_log", None), "entries", None)
-        if isinstance(entries, dict):
-            checkpoint["tta_warning_log"] = {k: dict(v) for k, v in entries.items()}
+        if self._guard is not None:  # transform.max_condition: the last well-conditioned state
+            checkpoint["tta_condition_guard"] = self._guard.state_dict()
+        checkpoint["tta_warning_log"] = self.warning_log.state_dict()["entries"]
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("backbone.")]:
             del state[key]
@@ -386,14 +378,10 @@ class TaskTransferAnalysis(pl.LightningModule):
         self._best = None  # rebuilt from _best_state when next needed
         self.timings.update(checkpoint.get("tta_timings") or {})
         guard_state = checkpoint.get("tta_condition_guard")
-        if guard_state and hasattr(self, "_condition_guard"):
-            guard = self._condition_guard()
-            for key, value in guard_state.items():
-                if key in _GUARD_STATE and hasattr(guard, key):
-                    setattr(guard, key, value)
-        entries = getattr(getattr(self, "warning_log", None), "entries", None)
-        if isinstance(entries, dict):
-            entries.update({k: dict(v) for k, v in (checkpoint.get("tta_warning_log") or {}).items()})
+        if guard_state:
+            self._condition_guard().load_state_dict(guard_state)
+        saved = checkpoint.get("tta_warning_log") or {}
+        self.warning_log.entries.update({k: dict(v) for k, v in saved.items()})
 
     # ---------------------------------------------------------------- evaluation
     def on_test_epoch_start(self) -> None:
