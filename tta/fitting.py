@@ -608,6 +608,7 @@ class BestTransform:
         self.step = -1
         self.state: dict[str, Tensor] | None = None
         self.min_improvement = config.min_improvement
+        self.patience = config.patience
         self.stale = 0  # consecutive updates without a relative improvement > min_improvement
 
     def score(self, transform: TaskTransform) -> float:
@@ -633,6 +634,11 @@ class BestTransform:
             self.value, self.step = value, step
             self.state = {k: v.detach().clone() for k, v in transform.state_dict().items()}
         return value
+
+    @property
+    def converged(self) -> bool:
+        """Whether convergence-based stopping ends the fit: ``patience`` (> 0) stale updates in a row."""
+        return self.patience > 0 and self.stale >= self.patience
 
     def restore(self, transform: TaskTransform) -> None:
         """Load the best state into ``transform`` (no-op if nothing was scored)."""
@@ -774,7 +780,7 @@ def learn_transform(
         if best is not None and is_selection_step(config, step):
             record["selection_bound"] = best.update(transform, step)
         history.append(record)
-        if best is not None and config.patience > 0 and best.stale >= config.patience:
+        if best is not None and best.converged:
             break  # converged: the selection bound stopped improving
     if best is not None:
         best.restore(transform)

@@ -299,9 +299,8 @@ class TaskTransferAnalysis(pl.LightningModule):
         Recorded as ``timings["transform_stopped_at"]`` (the first transform step skipped), beside
         ``timings["selected_step"]``.
         """
-        patience = self.transform_config.patience
-        best = self._best_transform() if patience > 0 else None
-        if best is None or best.stale < patience:
+        best = self._best_transform() if self.transform_config.patience > 0 else None
+        if best is None or not best.converged:
             return False
         self.timings.setdefault("transform_stopped_at", float(local))
         return True
