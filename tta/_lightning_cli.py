@@ -57,10 +57,13 @@ class TTACLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        sub = self.config.get("subcommand")
-        node = self.config.get(sub) if sub else self.config
         # before LightningCLI replaces `seed_everything: true` by the random seed it draws
-        self._given_seed = node.get("seed_everything") if node is not None else None
+        self._given_seed = self._run_config().get("seed_everything")
+
+    def _run_config(self) -> Any:
+        """The config of the subcommand being run (``fit``, ``test``...), or the whole one without any."""
+        sub = self.config.get("subcommand")
+        return self.config[sub] if sub else self.config
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # `model:` / `data:` without `class_path` are init args of the analysis and of its data module.
@@ -75,7 +78,7 @@ class TTACLI(LightningCLI):
         """Check the log and cache folders before minutes of extraction and fitting."""
         from tta.data.cache import default_cache_dir
 
-        sub = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        sub = self._run_config()
         root = sub.get("trainer.default_root_dir")
         if root:
             check_writable_dir(
@@ -142,7 +145,7 @@ class TTACLI(LightningCLI):
         key = self._resume_key()
         record_path = Path(trainer.default_root_dir) / RESUME_DIR / f"{key}.json"
         callback.resume_record = callback.resume_record or str(record_path)
-        sub = self.config[self.config["subcommand"]] if "subcommand" in self.config else self.config
+        sub = self._run_config()
         given = sub.get("ckpt_path")
         record = _read_record(Path(callback.resume_record))
         if given in (None, "last") and record is not None and Path(record["checkpoint"]).is_file():
@@ -206,7 +209,7 @@ class TTACLI(LightningCLI):
         The short form is what configs are written in, a valid input again, and what result records held
         before other modules could be given: ``config["model"]["backbone"]`` keeps its meaning.
         """
-        sub = self.config[self.config["subcommand"]] if "subcommand" in self.config else self.config
+        sub = self._run_config()
         config = sub.clone().as_dict()
         for key, cls in (("model", TaskTransferAnalysis), ("data", TaskPairDataModule)):
             node = config.get(key)
