@@ -95,13 +95,13 @@ def keops_status(device_type: str = "cuda", timeout: float = 600.0) -> tuple[boo
             detail = lines[-1] if lines else f"exit code {proc.returncode}"
     except subprocess.TimeoutExpired:
         works, detail = False, f"the KeOps test did not finish within {timeout:.0f} s"
+    from tta.errors import TTAError
+    from tta.results import write_json_atomic
+
+    record = known if isinstance(known, dict) else {}
+    record[key] = [works, detail]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = known if isinstance(known, dict) else {}
-        record[key] = [works, detail]
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache only costs a re-check next time
+        write_json_atomic(path, record)
+    except (OSError, TTAError):  # a read-only or full cache only costs a re-check next time
         pass
     return works, detail
