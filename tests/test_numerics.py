@@ -246,7 +246,8 @@ def test_warning_log_collects_numerical_warnings_once_each():
     assert restored.messages() == log.messages()
 
 
-def test_solver_non_convergence_reaches_the_result(tmp_path):
+def _stopping_analysis(eval_distance):
+    """A small analysis whose cond(A) check (threshold 1 + 1e-9) stops the transform at its first check."""
     from tta.data.datamodule import FeaturePair, TaskPairDataModule
     from tta.modules import TaskTransferAnalysis
 
@@ -260,11 +261,16 @@ def test_solver_non_convergence_reaches_the_result(tmp_path):
         standard_probe=head,
         transform=TransformConfig(steps=6, batch_size=60, select_every=3, max_condition=1.0 + 1e-9),
         distance="exact",
-        eval_distance=ExactDistance(max_iter=3),  # the test-time solver stops before optimality
+        eval_distance=eval_distance,
         seed=0,
     )
+    return model, TaskPairDataModule.from_features(features)
+
+
+def test_solver_non_convergence_reaches_the_result(tmp_path):
+    # the test-time solver stops before optimality
+    model, data = _stopping_analysis(ExactDistance(max_iter=3))
     trainer = quiet_trainer(tmp_path)
-    data = TaskPairDataModule.from_features(features)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=data)
@@ -291,33 +297,14 @@ def test_solver_non_convergence_reaches_the_result(tmp_path):
 
 def test_condition_stop_survives_a_checkpoint(tmp_path):
     """`tta test` from a checkpoint reports the cond(A) stop of the fit (the guard's state travels)."""
-    from tta.data.datamodule import FeaturePair, TaskPairDataModule
-    from tta.modules import TaskTransferAnalysis
-
-    s_tr, s_te, t_tr, t_te = make_pair(seed=5, d=4, k_s=3, k_t=3, n_per_class=40)
-    features = FeaturePair(s_tr, s_te, t_tr, t_te, ["a", "b", "c"], ["x", "y", "z"])
-    head = HeadConfig(tau=0.2, steps=10, batch_size=64)
-
-    def make():
-        return TaskTransferAnalysis(
-            backbone=None,
-            source_head=head,
-            probe=head,
-            standard_probe=head,
-            transform=TransformConfig(steps=6, batch_size=60, select_every=3, max_condition=1.0 + 1e-9),
-            distance="exact",
-            eval_distance="exact",
-            seed=0,
-        )
-
-    model, data = make(), TaskPairDataModule.from_features(features)
+    model, data = _stopping_analysis("exact")
     trainer = quiet_trainer(tmp_path, enable_checkpointing=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=data)
         trainer.test(model, datamodule=data, verbose=False)
         (ckpt,) = sorted(tmp_path.rglob("*.ckpt"))
-        again = make()
+        again, _ = _stopping_analysis("exact")
         quiet_trainer(tmp_path).test(again, datamodule=data, ckpt_path=str(ckpt), verbose=False)
     assert model.result["details"]["stopped_ill_conditioned_at"] == 2
     for key in ("stopped_ill_conditioned_at", "cond_A_at_stop", "max_condition"):
