@@ -249,7 +249,7 @@ def _fit(pair: FeaturePair, tmp_path, batch_size: int = 64):
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=data)
         trainer.test(model, datamodule=data, verbose=False)
-    return model.result
+    return model.result.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -398,7 +398,7 @@ def test_disk_full_while_writing_the_cache_leaves_no_entry(cnn_weights, tmp_path
 # ------------------------------------------------------------------------------------------ results
 @pytest.mark.parametrize("fails", ["write", "fsync", "replace"])
 def test_disk_full_while_writing_results_leaves_nothing_half_written(fails, tmp_path, monkeypatch):
-    from tta import results
+    from tta.results import _record as results
 
     target = tmp_path / "run" / "result.json"
     results.write_json_atomic(target, {"bound": 1.0})  # a previous, complete result
@@ -420,7 +420,7 @@ def test_disk_full_while_writing_results_leaves_nothing_half_written(fails, tmp_
 
 
 def test_other_write_errors_keep_their_type(tmp_path, monkeypatch):
-    from tta import results
+    from tta.results import _record as results
 
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")

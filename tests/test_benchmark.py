@@ -188,11 +188,11 @@ def harness(tmp_path_factory):
     original = runner.fit_bound
     calls = []
 
-    def failing(features, settings, seed, root_dir):
+    def failing(features, settings, seed):
         calls.append(features.feature_dim)
         if len(calls) == 2:  # the second pair dies mid-way
             raise RuntimeError("simulated crash")
-        return original(features, settings, seed, root_dir)
+        return original(features, settings, seed)
 
     runner.fit_bound = failing
     try:

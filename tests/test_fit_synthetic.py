@@ -74,17 +74,17 @@ def fitted(pair, head):
 
 def test_bound_dominates_the_target_loss_of_the_transformed_classifier(fitted):
     for mode, (_, _, res) in fitted.items():
-        assert res["bound"] >= res["transformed_target_ce"], mode
+        assert res.bound >= res.transformed_target_ce, mode
         # the label lemma on the transformed reference sample
-        assert res["transformed_source_ce"] <= res["weighted_source_loss"] + res["conditional_entropy"] + 1e-6
-        assert res["bound_certified"] >= res["bound"] - 1e-9
-        assert res["label_mismatch"] < 1e-6
+        assert res.transformed_source_ce <= res.weighted_source_loss + res.conditional_entropy + 1e-6
+        assert res.bound_certified >= res.bound - 1e-9
+        assert res.label_mismatch < 1e-6
 
 
 def test_learned_all_is_tighter_than_fixed_all(fitted):
-    learned, fixed = fitted["learned_all"][2]["bound"], fitted["fixed_all"][2]["bound"]
+    learned, fixed = fitted["learned_all"][2].bound, fitted["fixed_all"][2].bound
     assert learned < fixed
-    assert fitted["learned_a"][2]["bound"] < fixed
+    assert fitted["learned_a"][2].bound < fixed
 
 
 def test_learning_lowers_the_training_objective(fitted):
@@ -100,13 +100,13 @@ def test_constraints_hold_after_optimisation(fitted):
     assert torch.all(prior >= 0) and float(prior.sum()) == pytest.approx(1.0, abs=1e-6)
     assert torch.all(label_map >= 0)
     torch.testing.assert_close(label_map.sum(0), torch.ones(5))
-    assert fitted["learned_all"][2]["inverse_error"] < 1.0
-    assert fitted["learned_all"][2]["cond_A"] < 1e3
+    assert fitted["learned_all"][2].inverse_error < 1.0
+    assert fitted["learned_all"][2].cond_A < 1e3
 
 
 def test_learned_label_map_recovers_the_planted_correspondence(fitted):
     perm = make_pair(return_perm=True)[-1]
-    label_map = torch.tensor(fitted["learned_all"][2]["label_map"])
+    label_map = torch.tensor(fitted["learned_all"][2].label_map)
     assert label_map.shape == (4, 5)
     # reference class s < 4 was planted as target class perm[s]
     assert torch.equal(label_map[:, :4].argmax(0), perm)
@@ -130,7 +130,7 @@ def test_faithful_algorithm_runs_and_is_finite(pair, head):
     res = evaluate_bound(
         t, head, pair[1], pair[3], distance, EvalConfig(w_eval="classwise", tau_mode="reference")
     )
-    assert res["bound"] > 0 and res["w_eval"] == "classwise"
+    assert res.bound > 0 and res.w_eval == "classwise"
 
 
 def test_evaluation_does_not_modify_the_transform(pair, head, fitted):
@@ -148,5 +148,5 @@ def test_reference_tau_misses_the_inverse_factor(pair, head, fitted):
         t, head, pair[1], pair[3], create_distance("exact"), EvalConfig(tau_mode="reference")
     )
     inv_norm = float(torch.linalg.matrix_norm(t.exact_inverse(), ord=2))
-    assert full["tau"] <= inv_norm * ref["tau"] * (1 + 1e-6) + 1e-9
-    assert full["w1"] == pytest.approx(ref["w1"])
+    assert full.tau <= inv_norm * ref.tau * (1 + 1e-6) + 1e-9
+    assert full.w1 == pytest.approx(ref.w1)

@@ -87,7 +87,7 @@ def _fit(tmp, model, callbacks=(), ckpt_path=None) -> pl.Trainer:
 def _fit_and_test(tmp, model, callbacks=(), ckpt_path=None) -> dict:
     trainer = _fit(tmp, model, callbacks, ckpt_path)
     trainer.test(model, datamodule=trainer.datamodule, verbose=False)
-    return model.result
+    return model.result.to_dict()
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def test_fit_runs_every_phase_once(fitted):
 
 
 def test_result_is_consistent(fitted):
-    result = fitted[0].result
+    result = fitted[0].result.to_dict()
     assert result["bound"] >= result["transformed_classifier"]["target_ce"]
     assert result["probe"]["target_acc"] > 0.9 and result["standard_probe"]["target_acc"] > 0.9
     # torchmetrics over batches of 50 agree with the one-shot pure evaluation
@@ -71,8 +71,10 @@ def test_checkpoint_reload_reproduces_the_test(fitted, tmp_path):
     _trainer(tmp_path).test(
         fresh, datamodule=TaskPairDataModule.from_features(data.features), ckpt_path=ckpt, verbose=False
     )
-    assert fresh.result["bound"] == pytest.approx(model.result["bound"], rel=1e-6)
-    assert fresh.result["probe"]["target_ce"] == pytest.approx(model.result["probe"]["target_ce"], rel=1e-6)
+    assert fresh.result.to_dict()["bound"] == pytest.approx(model.result.to_dict()["bound"], rel=1e-6)
+    assert fresh.result.to_dict()["probe"]["target_ce"] == pytest.approx(
+        model.result.to_dict()["probe"]["target_ce"], rel=1e-6
+    )
 
 
 def test_fixed_all_learns_no_transform(tmp_path):
@@ -117,7 +119,7 @@ def test_patience_ends_the_transform_phase_in_the_module(tmp_path):
     assert model.timings["transform_stopped_at"] == 2.0
     assert model.timings["selected_step"] == -1.0  # the initial state: nothing beat it
     trainer.test(model, datamodule=data, verbose=False)
-    assert torch.isfinite(torch.tensor(model.result["bound"]))
+    assert torch.isfinite(torch.tensor(model.result.to_dict()["bound"]))
 
 
 def test_selection_subset_keeps_every_class():

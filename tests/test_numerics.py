@@ -13,13 +13,15 @@ from tta import bound as B
 from tta.distances import AutoDistance, ExactDistance, SinkhornDistance
 from tta.errors import NumericalWarning, TTANumericalError
 from tta.fitting import (
+    ConditionGuard,
     TransformConfig,
+    WarningLog,
+    check_finite_gradients,
     initialise_transform,
     learn_transform,
     step_objective,
 )
 from tta.heads import HeadConfig, fit_linear_head
-from tta.health import ConditionGuard, WarningLog, check_finite_gradients
 from tta.transforms import TaskTransform, condition_number
 
 # ---------------------------------------------------------------------------- log of B·softmax
@@ -275,7 +277,7 @@ def test_solver_non_convergence_reaches_the_result(tmp_path):
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=data)
         trainer.test(model, datamodule=data, verbose=False)
-    result = model.result
+    result = model.result.to_dict()
     assert result["details"]["stopped_ill_conditioned_at"] == 2  # the first check after a step
     assert result["details"]["cond_A_at_stop"] > 1.0
     assert result["timings"]["transform_stopped_at"] == 3.0
@@ -290,7 +292,7 @@ def test_solver_non_convergence_reaches_the_result(tmp_path):
     console = Console(width=400, record=True)
     from tta.results import format_result
 
-    console.print(format_result(result))
+    console.print(format_result(model.result))
     text = console.export_text()
     assert "warning" in text and "did not converge" in text and "cond(A)" in text
 
@@ -306,9 +308,9 @@ def test_condition_stop_survives_a_checkpoint(tmp_path):
         (ckpt,) = sorted(tmp_path.rglob("*.ckpt"))
         again, _ = _stopping_analysis("exact")
         quiet_trainer(tmp_path).test(again, datamodule=data, ckpt_path=str(ckpt), verbose=False)
-    assert model.result["details"]["stopped_ill_conditioned_at"] == 2
+    assert model.result.to_dict()["details"]["stopped_ill_conditioned_at"] == 2
     for key in ("stopped_ill_conditioned_at", "cond_A_at_stop", "max_condition"):
-        assert again.result["details"][key] == model.result["details"][key], key
+        assert again.result.to_dict()["details"][key] == model.result.to_dict()["details"][key], key
     assert again.ill_conditioned_at == 2
-    assert again.result["bound"] == model.result["bound"]
-    assert any("max_condition" in m for m in again.result["warnings"])
+    assert again.result.to_dict()["bound"] == model.result.to_dict()["bound"]
+    assert any("max_condition" in m for m in again.result.to_dict()["warnings"])

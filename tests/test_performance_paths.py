@@ -138,12 +138,12 @@ def test_evaluate_bound_reports_a_subsampled_w1_as_an_estimate(small_pair):
     t = TaskTransform(3, 3, 4)
     initialise_transform(t, src, tgt)
     res = evaluate_bound(t, head, src, tgt, SubsampledDistance(max_points=40, replicates=4), EvalConfig())
-    assert res["w1_is_estimate"] is True
-    low, high = res["bound_ci"]
-    assert low < res["bound"] < high
+    assert res.w1_is_estimate is True
+    low, high = res.bound_ci
+    assert low < res.bound < high
     exact = evaluate_bound(t, head, src, tgt, ExactDistance())
-    assert "w1_is_estimate" not in exact
-    assert res["w1"] > exact["w1"]  # conservative
+    assert "w1_is_estimate" not in exact.to_dict()
+    assert res.w1 > exact.w1  # conservative
 
 
 def test_terms_only_evaluation_equals_the_full_one(small_pair):
@@ -155,8 +155,8 @@ def test_terms_only_evaluation_equals_the_full_one(small_pair):
     full = evaluate_bound(t, head, src, tgt, ExactDistance())
     short = evaluate_bound(t, head, src, tgt, ExactDistance(), terms_only=True)
     keys = ("weighted_source_loss", "conditional_entropy", "tau", "w1", "bound")
-    assert set(keys) <= set(short) and "transformed_target_ce" not in short
-    assert {k: short[k] for k in keys} == {k: full[k] for k in keys}
+    assert set(keys) <= set(short.to_dict()) and "transformed_target_ce" not in short.to_dict()
+    assert {k: getattr(short, k) for k in keys} == {k: getattr(full, k) for k in keys}
 
 
 def test_patience_stops_when_the_selection_bound_stalls(small_pair):

@@ -53,7 +53,7 @@ def _fit_and_test(
     data = TaskPairDataModule.from_features(features, eval_batch_size=40)
     trainer.fit(model, datamodule=data)
     trainer.test(model, datamodule=data, verbose=False)
-    return model.result
+    return model.result.to_dict()
 
 
 def _numbers(result: dict) -> dict[str, float]:

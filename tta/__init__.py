@@ -29,7 +29,11 @@ _LAZY = {
     "TransformConfig": "tta.fitting",
     "EvalConfig": "tta.fitting",
     "HeadConfig": "tta.heads",
-    "fit_linear_head": "tta.heads",
+    "fit_linear_head": "tta.fitting",
+    "Analysis": "tta.fitting",
+    "AnalysisResult": "tta.results",
+    "BoundReport": "tta.results",
+    "analyze_features": "tta.fitting",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

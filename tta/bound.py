@@ -107,7 +107,7 @@ def class_counts(labels: Tensor, num_classes: int) -> Tensor:
 
 
 def label_prior(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    r"""Empirical class prior :math:`\\hat p(k) = n_k / n`, shape ``(K,)``."""
+    r"""Empirical class prior :math:`\hat p(k) = n_k / n`, shape ``(K,)``."""
     counts = class_counts(labels, num_classes).to(dtype)
     return counts / counts.sum()
 
@@ -436,11 +436,11 @@ class BoundTerms:
     r"""The bound and its three terms (floats, nats).
 
     Attributes:
-        weighted_source_loss: Term 1, :math:`\\sum_s D_s \\bar L_s`.
-        conditional_entropy: Term 2, :math:`H(Y_T \\mid Y_S)`.
-        tau: Lipschitz constant :math:`\\hat\\tau`.
+        weighted_source_loss: Term 1, :math:`\sum_s D_s \bar L_s`.
+        conditional_entropy: Term 2, :math:`H(Y_T \mid Y_S)`.
+        tau: Lipschitz constant :math:`\hat\tau`.
         w1: Wasserstein distance :math:`W_1(P_{S'''}, P_T)`.
-        tau_w1: Term 3, :math:`\\hat\\tau W_1`.
+        tau_w1: Term 3, :math:`\hat\tau W_1`.
         bound: The sum of the three terms.
     """
 

@@ -14,14 +14,13 @@ With ``w_gp = 0`` the same head is a plain (L2-regularised through ``weight_deca
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HeadConfig", "LinearHead", "fit_linear_head", "input_gradient_norms", "penalised_loss"]
+__all__ = ["HeadConfig", "LinearHead", "input_gradient_norms", "penalised_loss"]
 
 
 @dataclass
@@ -29,7 +28,7 @@ class HeadConfig:
     r"""How a gradient-penalised linear head is trained.
 
     Args:
-        tau: Lipschitz target :math:`\\tau` for :math:`\\|\\nabla_z \\ell\\|` (0.02 for large backbones,
+        tau: Lipschitz target :math:`\tau` for :math:`\|\nabla_z \ell\|` (0.02 for large backbones,
             0.2 for small ones).
         w_gp: Weight of the gradient penalty (0 disables it: a plain logistic-regression probe).
         steps: Optimisation steps (mini-batches).
@@ -116,42 +115,10 @@ def penalised_loss(
     return loss, parts
 
 
-def fit_linear_head(
-    z: Tensor,
-    labels: Tensor,
-    num_classes: int,
-    config: HeadConfig | None = None,
-    seed: int = 0,
-    callback: Callable[[int, dict[str, Tensor]], None] | None = None,
-) -> LinearHead:
-    """Train a gradient-penalised linear head on fixed features (plain torch loop).
+def __getattr__(name: str) -> object:
+    # fit_linear_head lives with the fit engine (tta.fitting); kept importable from here
+    if name == "fit_linear_head":
+        from tta.fitting import fit_linear_head
 
-    The Lightning modules run the same steps (:func:`penalised_loss`) inside their training loop;
-    this function is the standalone form, used by the tests and the Python API.
-
-    Args:
-        z: Features, shape ``(n, d)``.
-        labels: Class ids, shape ``(n,)``.
-        num_classes: ``K``.
-        config: Training hyper-parameters.
-        seed: Seed for mini-batch sampling and random labels.
-        callback: Called as ``callback(step, parts)`` after every step.
-
-    Returns:
-        The trained head.
-    """
-    config = config or HeadConfig()
-    generator = torch.Generator().manual_seed(seed)
-    head = LinearHead(z.shape[1], num_classes).to(z)
-    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    n = z.shape[0]
-    batch = min(config.batch_size, n)
-    for step in range(config.steps):
-        idx = torch.randperm(n, generator=generator)[:batch]
-        loss, parts = penalised_loss(head, z[idx], labels[idx], config.tau, config.w_gp, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if callback is not None:
-            callback(step, parts)
-    return head
+        return fit_linear_head
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

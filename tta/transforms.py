@@ -130,8 +130,8 @@ class TaskTransform(nn.Module):
 
         Args:
             source_prior: ``p_S``, shape ``(K_S,)``.
-            as_logits: ``True`` (default): logits :math:`\\log p_S`, so :math:`D_0 = p_S` exactly.
-                ``False``: logits :math:`p_S` itself, the authors' code (then :math:`D_0 \\ne p_S`).
+            as_logits: ``True`` (default): logits :math:`\log p_S`, so :math:`D_0 = p_S` exactly.
+                ``False``: logits :math:`p_S` itself, the authors' code (then :math:`D_0 \ne p_S`).
         """
         p = source_prior.to(self.prior_logits)
         self.prior_logits.copy_(p.clamp_min(1e-30).log() if as_logits else p)
@@ -178,7 +178,7 @@ class TaskTransform(nn.Module):
         return self.log_label_map.exp()
 
     def map_features(self, z: Tensor) -> Tensor:
-        r"""Apply the feature map :math:`z \\mapsto A z + b` to rows of ``z`` ``(n, d)``."""
+        r"""Apply the feature map :math:`z \mapsto A z + b` to rows of ``z`` ``(n, d)``."""
         return z @ self.matrix.T + self.shift
 
     def exact_inverse(self) -> Tensor:
@@ -189,7 +189,7 @@ class TaskTransform(nn.Module):
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:
-        r"""cond(A), :math:`\\|A\\bar A - I\\|_F` and the smallest singular value of ``A``."""
+        r"""cond(A), :math:`\|A\bar A - I\|_F` and the smallest singular value of ``A``."""
         a = self.matrix.detach().double()
         sv = _singular_values(a)  # one SVD for both cond(A) and σ_min
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)

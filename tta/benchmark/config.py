@@ -31,7 +31,7 @@ from typing import Any
 
 from tta.data.tasks import TaskSpec
 from tta.errors import TTAInputError
-from tta.fitting import EvalConfig, TransformConfig
+from tta.fitting import AnalysisSettings, EvalConfig, TransformConfig
 from tta.heads import HeadConfig
 
 __all__ = [
@@ -84,31 +84,8 @@ class PairSpec:
         return f"{self.backbone_name} · {self.reference_name} → {self.target_name}"
 
 
-@dataclass
-class ModelSettings:
-    """The fit settings of every pair: the arguments of :class:`tta.modules.TaskTransferAnalysis`.
-
-    Args:
-        source_head: Training of the reference classifier h_S.
-        probe: Training of the gradient-penalised target probe (the ground truth).
-        standard_probe: Training of the plain L2 target probe (reported beside it).
-        transform: How the transform is learned.
-        evaluation: How the bound is evaluated.
-        distance: Wasserstein estimator while learning.
-        eval_distance: Wasserstein estimator of the reported bound.
-    """
-
-    source_head: HeadConfig = field(default_factory=HeadConfig)
-    probe: HeadConfig = field(default_factory=HeadConfig)
-    standard_probe: HeadConfig = field(default_factory=lambda: HeadConfig(w_gp=0.0, weight_decay=1e-2))
-    transform: TransformConfig = field(default_factory=TransformConfig)
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
-    distance: str = "auto"
-    eval_distance: str = "auto"
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain-dict form (for hashing and the result records)."""
-        return dataclasses.asdict(self)
+#: The fit settings of every pair: the arguments of :class:`tta.modules.TaskTransferAnalysis`.
+ModelSettings = AnalysisSettings
 
 
 @dataclass

@@ -86,12 +86,12 @@ def transformed_predictions(model: Any, z: Tensor) -> Tensor:
     """Argmax predictions of the fitted transformed classifier :math:`h'''` on features ``z``.
 
     Args:
-        model: A fitted :class:`tta.modules.TaskTransferAnalysis`.
+        model: A fitted :class:`tta.fitting.Analysis` (or :class:`tta.modules.TaskTransferAnalysis`).
         z: ``(n, d)`` target features.
     """
     from tta import bound as B
 
-    t, head = model.transform, model.source_head.head
+    t, head = model.transform, model.source_head
     log_q = B.transformed_log_probs(z, head.weight, head.bias, t.log_label_map, t.exact_inverse(), t.shift)
     return log_q.argmax(-1).to(torch.int64)
 

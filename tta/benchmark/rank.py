@@ -125,7 +125,7 @@ def rank_candidates(
         out = lf.with_target_labels(fp, y_tr, y_te, k)
         note = {"method": "kmeans", "k": k, "reason": reason, "seed": config.seed}
         if pseudo_labels == "transformed":
-            model, _ = fit_bound(out, config.model, config.seed, config.output_dir)
+            model, _ = fit_bound(out, config.model, config.seed)
             y_tr = lf.transformed_predictions(model, out.target_train[0])
             y_te = lf.transformed_predictions(model, out.target_test[0])
             out = lf.with_target_labels(out, y_tr, y_te, k, prefix="pred")

@@ -4,9 +4,9 @@ Per pair (:func:`run_pair`):
 
 1. **features**: the reference and target splits through the frozen backbone, from the feature cache
    when present (:meth:`tta.data.TaskPairDataModule.load_features`), standardised per task;
-2. **bound**: the real ``tta fit`` + ``tta test`` path, :class:`tta.modules.TaskTransferAnalysis` on a
-   :class:`~tta.data.TaskPairDataModule` built ``from_features`` under a Lightning ``Trainer``, so the
-   bound is exactly what ``tta fit`` reports for the same settings;
+2. **bound**: the fit engine ``tta fit`` runs (:func:`tta.fitting.analyze_features`: the same
+   :meth:`tta.fitting.Analysis.step` calls, without Lightning), so the bound is exactly what ``tta fit``
+   reports for the same settings;
 3. **estimators**: every selected estimator on the target *training* features (the same standardised
    features the bound sees). ``probs`` estimators (LEEP, NCE) get the softmax of the reference
    classifier :math:`h_S` on those features; ``pair`` estimators (OTCE) get the reference training
@@ -34,9 +34,8 @@ from typing import Any
 
 import torch
 
-from tta._quiet import quiet_lightning
 from tta.benchmark.config import BackboneSpec, BenchmarkConfig, ModelSettings, PairSpec
-from tta.results import config_hash, versions, write_json_atomic
+from tta.results import AnalysisResult, config_hash, versions, write_json_atomic
 
 __all__ = [
     "FIT_STAGES",
@@ -121,59 +120,26 @@ def load_pair_features(
     return module.load_features(_backbone(pair.backbone))
 
 
-def fit_bound(features: Any, settings: ModelSettings, seed: int, root_dir: str | Path) -> tuple[Any, dict]:
-    """``tta fit`` then ``tta test`` on precomputed features; returns the fitted module and its result.
+def fit_bound(features: Any, settings: ModelSettings, seed: int) -> tuple[Any, AnalysisResult]:
+    """Fit and evaluate the analysis on precomputed features: the engine ``tta fit`` runs, without Lightning.
 
     Args:
         features: A :class:`~tta.data.datamodule.FeaturePair`.
         settings: The fit settings (heads, transform, evaluation, distances).
-        seed: Seed of the fit (``seed_everything`` and the module's own seed).
-        root_dir: Lightning's ``default_root_dir`` (nothing is logged or checkpointed there).
+        seed: Seed of the fit.
+
+    Returns:
+        The fitted :class:`tta.fitting.Analysis` and its :class:`~tta.results.AnalysisResult`.
     """
-    import lightning.pytorch as pl
+    from tta.fitting import analyze_features
 
-    from tta.data.datamodule import TaskPairDataModule
-    from tta.modules.analysis import TaskTransferAnalysis
-
-    pl.seed_everything(seed, verbose=False)
-    model = TaskTransferAnalysis(
-        backbone=None,
-        source_head=settings.source_head,
-        probe=settings.probe,
-        standard_probe=settings.standard_probe,
-        transform=settings.transform,
-        evaluation=settings.evaluation,
-        distance=settings.distance,
-        eval_distance=settings.eval_distance,
-        seed=seed,
-    )
-    datamodule = TaskPairDataModule.from_features(features)
-    with quiet_lightning(
-        r".*module\(s\) in eval mode.*",
-        r".*does not have many workers.*",
-        r".*`training_step` returns `None`.*",
-        loggers=("lightning.pytorch", "lightning.fabric", "lightning"),
-        level=logging.ERROR,
-    ):
-        trainer = pl.Trainer(
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            deterministic=True,
-            default_root_dir=str(root_dir),
-        )
-        trainer.fit(model, datamodule=datamodule)
-        trainer.test(model, datamodule=datamodule, verbose=False)
-    return model, model.result
+    return analyze_features(features, settings, seed)
 
 
 def source_probs(model: Any, z: torch.Tensor) -> torch.Tensor:
     """Softmax of the fitted reference classifier :math:`h_S` on features ``z`` (``(n, K_S)``)."""
     with torch.no_grad():
-        return model.source_head(z).exp().double()
+        return torch.softmax(model.source_head(z), dim=-1).double()
 
 
 def run_estimators(
@@ -255,14 +221,14 @@ def run_estimators(
     return out
 
 
-def _ground_truth(result: dict[str, Any]) -> dict[str, float]:
+def _ground_truth(result: AnalysisResult) -> dict[str, float]:
     return {
-        "probe_ce": result["probe"]["target_ce"],
-        "probe_acc": result["probe"]["target_acc"],
-        "standard_probe_ce": result["standard_probe"]["target_ce"],
-        "standard_probe_acc": result["standard_probe"]["target_acc"],
-        "transformed_ce": result["transformed_classifier"]["target_ce"],
-        "transformed_acc": result["transformed_classifier"]["target_acc"],
+        "probe_ce": result.probe.target_ce,
+        "probe_acc": result.probe.target_acc,
+        "standard_probe_ce": result.standard_probe.target_ce,
+        "standard_probe_acc": result.standard_probe.target_acc,
+        "transformed_ce": result.transformed_classifier.target_ce,
+        "transformed_acc": result.transformed_classifier.target_acc,
     }
 
 
@@ -295,9 +261,9 @@ def run_pair(
     if relabel is not None:
         features, note = relabel(features)
     t0 = time.perf_counter()
-    model, result = fit_bound(features, config.model, config.seed, Path(config.output_dir))
+    model, result = fit_bound(features, config.model, config.seed)
     fit_seconds = time.perf_counter() - t0
-    truth_seconds = float(model.timings.get("probe", 0.0) + model.timings.get("standard_probe", 0.0))
+    truth_seconds = float(result.timings.get("probe", 0.0) + result.timings.get("standard_probe", 0.0))
     timings["bound"] = fit_seconds - truth_seconds
     timings["ground_truth"] = truth_seconds
     t0 = time.perf_counter()
@@ -313,15 +279,15 @@ def run_pair(
         "backbone_spec": asdict(pair.backbone),
         "reference_spec": asdict(pair.reference),
         "target_spec": asdict(pair.target),
-        "bound": result["bound"],
-        "terms": result["terms"],
+        "bound": result.bound,
+        "terms": result.report.terms,
         "ground_truth": _ground_truth(result),
-        "gap": result["gap"],
-        "bound_covers_probe_exactly": result["bound_covers_probe_exactly"],
+        "gap": result.gap,
+        "bound_covers_probe_exactly": result.bound_covers_probe_exactly,
         "estimators": scores,
         "timings": timings,
-        "fit_timings": {k: v for k, v in result["timings"].items() if isinstance(v, (int, float))},
-        "data": {k: v for k, v in result["data"].items() if k != "cache_hits"},
+        "fit_timings": {k: v for k, v in result.timings.items() if isinstance(v, (int, float))},
+        "data": {k: v for k, v in result.data.items() if k != "cache_hits"},
         "cache_hits": features.cache_hits,
         "seed": config.seed,
     }

@@ -301,9 +301,10 @@ class TaskPairDataModule(pl.LightningDataModule):
     Features are extracted once per (backbone, weights, preprocessing, dataset, split, subset, seed) and
     cached on disk; each task is standardised with the mean and std of its own training split.
 
-    Extraction happens in ``setup``, as a predict pass on the Trainer's devices: under
-    ``--trainer.strategy ddp --trainer.devices N`` (or torchrun/SLURM, multi-node) every rank extracts a
-    shard, rank zero assembles and writes the cache entry, and every rank loads it after a barrier (see
+    Extraction happens when the model asks for the features (:meth:`features_for`, from its
+    ``setup``), as a predict pass on the Trainer's devices: under ``--trainer.strategy ddp
+    --trainer.devices N`` (or torchrun/SLURM, multi-node) every rank extracts a shard, rank zero
+    assembles and writes the cache entry, and every rank loads it after a barrier (see
     :mod:`tta.data.extraction`; for multi-node runs put the cache on a shared filesystem). Under a
     strategy that spawns its processes (``ddp_spawn``), rank zero extracts alone and broadcasts.
 
@@ -343,6 +344,8 @@ class TaskPairDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size
         self.features: FeaturePair | None = None
+        #: Training steps of the fit (one loader item each); the model sets it in its ``setup``.
+        self.train_steps = 1
 
     @classmethod
     def from_features(cls, features: FeaturePair, eval_batch_size: int = 1024) -> TaskPairDataModule:
@@ -419,43 +422,57 @@ class TaskPairDataModule(pl.LightningDataModule):
         pair._checked = True  # type: ignore[attr-defined]
         return pair
 
+    def features_for(self, backbone: Any) -> FeaturePair:
+        """The features of both tasks through ``backbone`` (extracted once, on the Trainer's devices).
+
+        The model calls this in its ``setup``, handing over its frozen backbone: the data module never
+        reaches into the model. Under several processes, every rank extracts a shard (DDP, torchrun,
+        SLURM) or rank zero extracts and broadcasts (a strategy that spawns its processes).
+
+        Args:
+            backbone: The frozen encoder, or ``None`` when the features were given
+                (:meth:`from_features`).
+
+        Raises:
+            TTAInputError: If there is neither a backbone nor precomputed features.
+        """
+        if self.features is not None:
+            if not getattr(self.features, "_checked", False):
+                check_features(self.features)  # set directly, not through from_features
+            return self.features
+        if backbone is None:
+            raise TTAInputError(
+                "the model has no backbone to extract features with: give TaskTransferAnalysis a backbone, "
+                "or build the data module with TaskPairDataModule.from_features(...)"
+            )
+        trainer = self.trainer
+        assert trainer is not None
+        if trainer.world_size > 1 and not _launched_externally(trainer):
+            # e.g. ddp_spawn: rank zero extracts on its device, the others receive the features
+            payload: Any = None
+            if trainer.is_global_zero:
+                try:
+                    payload = self.load_features(backbone, extraction_trainer_kwargs(trainer, single=True))
+                except Exception as err:  # tell the other ranks instead of leaving them waiting
+                    payload = f"{type(err).__name__}: {err}"
+                    trainer.strategy.broadcast(payload, src=0)
+                    raise
+            payload = trainer.strategy.broadcast(payload, src=0)
+            if isinstance(payload, str):
+                raise RuntimeError(f"feature extraction failed on rank zero: {payload}")
+            self.features = payload
+        else:
+            extraction = extraction_trainer_kwargs(trainer)
+            extraction["progress"] = trainer.progress_bar_callback is not None
+            self.features = self.load_features(backbone, extraction)
+        return self.features
+
     def setup(self, stage: str) -> None:
         if self.features is not None and not getattr(self.features, "_checked", False):
-            check_features(self.features)  # set directly, not through from_features
-        if self.features is None:
-            backbone = getattr(self.trainer.lightning_module, "backbone", None)  # type: ignore[union-attr]
-            if backbone is None:
-                raise TTAInputError(
-                    "the model has no backbone to extract features with: give TaskTransferAnalysis a "
-                    "backbone, "
-                    "or build the data module with TaskPairDataModule.from_features(...)"
-                )
-            trainer = self.trainer
-            assert trainer is not None
-            if trainer.world_size > 1 and not _launched_externally(trainer):
-                # e.g. ddp_spawn: rank zero extracts on its device, the others receive the features
-                payload: Any = None
-                if trainer.is_global_zero:
-                    try:
-                        payload = self.load_features(
-                            backbone, extraction_trainer_kwargs(trainer, single=True)
-                        )
-                    except Exception as err:  # tell the other ranks instead of leaving them waiting
-                        payload = f"{type(err).__name__}: {err}"
-                        trainer.strategy.broadcast(payload, src=0)
-                        raise
-                payload = trainer.strategy.broadcast(payload, src=0)
-                if isinstance(payload, str):
-                    raise RuntimeError(f"feature extraction failed on rank zero: {payload}")
-                self.features = payload
-            else:
-                extraction = extraction_trainer_kwargs(trainer)
-                extraction["progress"] = trainer.progress_bar_callback is not None
-                self.features = self.load_features(backbone, extraction)
+            check_features(self.features)  # set directly, not through from_features: check before any work
 
     def train_dataloader(self) -> DataLoader:
-        steps = int(self.trainer.lightning_module.total_steps)  # type: ignore[union-attr]
-        steps_data = _Steps(max(steps, 1))
+        steps_data = _Steps(max(self.train_steps, 1))
         return DataLoader(steps_data, batch_size=None, shuffle=False, sampler=_every_rank(steps_data))
 
     def test_dataloader(self) -> DataLoader:

@@ -1,15 +1,11 @@
 """``TaskTransferAnalysis``: the frozen backbone plus the learnable transform head, as a LightningModule.
 
-Glue only: every number comes from :mod:`tta.bound`, :mod:`tta.heads`, :mod:`tta.fitting` and
-:mod:`tta.distances`. One ``fit`` runs four phases, one optimiser step per training step, so that the
-progress bar, logging and checkpoints cover them all:
-
-1. the reference classifier :math:`h_S` (gradient-penalised) on the reference training features;
-2. the gradient-penalised target probe (the ground truth the bound covers);
-3. the standard target probe (plain L2 logistic regression: what users actually train);
-4. the transform (D, B, A, Ā, b), whose loss is the bound (or the authors' objective).
-
-``test`` evaluates the bound and every classifier on the test splits.
+Glue only: the heads, the transform and every loop live in :class:`tta.fitting.Analysis` (the torch
+side, as anomalib splits ``torch_model`` from ``lightning_model``). One ``fit`` runs the analysis' four
+phases, one optimiser step per training step (:meth:`tta.fitting.Analysis.step`), so that the progress
+bar, logging and checkpoints cover them all; ``test`` evaluates the bound and every classifier on the
+test splits. The backbone is handed to the data module once, in :meth:`TaskTransferAnalysis.setup`,
+which returns the features: the data module never reaches back into the model.
 """
 
 from __future__ import annotations
@@ -20,32 +16,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from tta import bound as B
 from tta.backbones import Backbone, create_backbone
 from tta.distances import DistanceEstimator, create_distance
-from tta.fitting import (
-    BestTransform,
-    EvalConfig,
-    TransformConfig,
-    evaluate_bound,
-    finish_transform,
-    initialise_transform,
-    is_selection_step,
-    selects_best,
-    step_objective,
-    transform_optimizer,
-)
-from tta.heads import HeadConfig
-from tta.health import ConditionGuard, WarningLog, check_finite_gradients
-from tta.modules.probe import LinearProbe, ProbeMetrics
+from tta.fitting import PHASES, Analysis, AnalysisSettings, EvalConfig, EvalTransform, TransformConfig
+from tta.heads import HeadConfig, LinearHead
+from tta.results import AnalysisResult
 from tta.transforms import TaskTransform
 
-__all__ = ["TaskTransferAnalysis"]
-
-PHASES = ("source_head", "probe", "standard_probe", "transform")
+__all__ = ["PHASES", "TaskTransferAnalysis"]
 
 
 def _spec_name(spec: object) -> str | None:
@@ -88,20 +68,25 @@ class TaskTransferAnalysis(pl.LightningModule):
         self.backbone = create_backbone(backbone) if isinstance(backbone, str) else backbone
         if self.backbone is not None:
             self.backbone.requires_grad_(False)
-        self.source_head_config = source_head or HeadConfig()
-        self.probe_config = probe or HeadConfig()
-        self.standard_probe_config = standard_probe or HeadConfig(w_gp=0.0, weight_decay=1e-2)
-        self.transform_config = transform or TransformConfig()
-        self.eval_config = evaluation or EvalConfig()
+        defaults = AnalysisSettings()
+        self.settings = AnalysisSettings(
+            source_head=source_head or defaults.source_head,
+            probe=probe or defaults.probe,
+            standard_probe=standard_probe or defaults.standard_probe,
+            transform=transform or defaults.transform,
+            evaluation=evaluation or defaults.evaluation,
+            distance=_spec_name(distance) or "auto",
+            eval_distance=_spec_name(eval_distance) or "auto",
+        )
         # plain dicts only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
                 "backbone": _spec_name(backbone),
-                "source_head": asdict(self.source_head_config),
-                "probe": asdict(self.probe_config),
-                "standard_probe": asdict(self.standard_probe_config),
-                "transform": asdict(self.transform_config),
-                "evaluation": asdict(self.eval_config),
+                "source_head": asdict(self.settings.source_head),
+                "probe": asdict(self.settings.probe),
+                "standard_probe": asdict(self.settings.standard_probe),
+                "transform": asdict(self.settings.transform),
+                "evaluation": asdict(self.settings.evaluation),
                 "distance": _spec_name(distance),
                 "eval_distance": _spec_name(eval_distance),
                 "seed": seed,
@@ -113,34 +98,37 @@ class TaskTransferAnalysis(pl.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # the frozen backbone is rebuilt from its config, not stored
         self.register_buffer("step_counter", torch.zeros((), dtype=torch.long))
-        # transform.max_condition; its state (where it stopped, cond(A) then) travels in checkpoints
-        self._guard: ConditionGuard | None = None
-        self.warning_log = WarningLog()
-        self.source_head: LinearProbe | None = None
-        self.probe: LinearProbe | None = None
-        self.standard_probe: LinearProbe | None = None
-        self.transform: TaskTransform | None = None
-        self._class_losses: Tensor | None = None
-        self._best: BestTransform | None = None
-        self._best_state: dict[str, Any] | None = None
-        self.timings: dict[str, float] = {}
-        self.result: dict[str, Any] = {}
+        self.analysis: Analysis | None = None
+        self.features: Any = None
+        self.test_metrics: nn.ModuleDict | None = None
+        self.result: AnalysisResult | None = None
+        self._eval: EvalTransform | None = None
+        self._test_started = 0.0
 
     # ---------------------------------------------------------------- structure
     @property
+    def source_head_config(self) -> HeadConfig:
+        """Training of :math:`h_S`."""
+        return self.settings.source_head
+
+    @property
+    def transform_config(self) -> TransformConfig:
+        """How the transform is learned."""
+        return self.settings.transform
+
+    @property
+    def eval_config(self) -> EvalConfig:
+        """How the bound is evaluated."""
+        return self.settings.evaluation
+
+    @property
     def phase_steps(self) -> dict[str, int]:
         """Number of training steps of each phase."""
-        learnable = self.transform_config.mode != "fixed_all"
-        return {
-            "source_head": self.source_head_config.steps,
-            "probe": self.probe_config.steps,
-            "standard_probe": self.standard_probe_config.steps,
-            "transform": self.transform_config.steps if learnable else 0,
-        }
+        return self.settings.phase_steps()
 
     @property
     def total_steps(self) -> int:
-        """All training steps of a fit (the data module sizes its loader by it)."""
+        """All training steps of a fit."""
         return sum(self.phase_steps.values())
 
     def phase_of(self, step: int) -> tuple[str, int]:
@@ -152,183 +140,87 @@ class TaskTransferAnalysis(pl.LightningModule):
         return "done", step
 
     @property
-    def features(self) -> Any:
-        """The data module's standardised feature splits."""
-        return self.trainer.datamodule.features  # type: ignore[union-attr]
+    def source_head(self) -> LinearHead | None:
+        """:math:`h_S` (``None`` before ``setup``)."""
+        return None if self.analysis is None else self.analysis.source_head
+
+    @property
+    def probe(self) -> LinearHead | None:
+        """The τ-penalised target probe."""
+        return None if self.analysis is None else self.analysis.probe
+
+    @property
+    def standard_probe(self) -> LinearHead | None:
+        """The standard target probe."""
+        return None if self.analysis is None else self.analysis.standard_probe
+
+    @property
+    def transform(self) -> TaskTransform | None:
+        """The transform (D, B, A, Ā, b)."""
+        return None if self.analysis is None else self.analysis.transform
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per phase so far, and where the transform phase stopped."""
+        return {} if self.analysis is None else self.analysis.fit_timings()
+
+    @property
+    def ill_conditioned_at(self) -> int:
+        """The transform step after which cond(A) exceeded ``transform.max_condition`` (``-1``: none)."""
+        stopped = None if self.analysis is None else self.analysis.transform_phase.guard.stopped_at
+        return -1 if stopped is None else int(stopped)
 
     def setup(self, stage: str) -> None:
         ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
         if isinstance(ddp_kwargs, dict):  # each phase updates only its own parameters
             ddp_kwargs.setdefault("find_unused_parameters", True)
-        if self.transform is not None:
+        if self.analysis is not None:
             return
-        f = self.features
-        d, k_s, k_t = f.feature_dim, f.num_source_classes, f.num_target_classes
-        self.source_head = LinearProbe(d, k_s, self.source_head_config, task="reference", seed=self.seed)
-        self.probe = LinearProbe(d, k_t, self.probe_config, task="target", seed=self.seed + 1)
-        self.standard_probe = LinearProbe(
-            d, k_t, self.standard_probe_config, task="target", seed=self.seed + 2
+        datamodule = self.trainer.datamodule
+        self.features = datamodule.features_for(self.backbone)  # the one hand-off: backbone in, features out
+        datamodule.train_steps = self.total_steps
+        self.analysis = Analysis.for_features(
+            self.features, self.settings, self.seed, distance=self.distance, eval_distance=self.eval_distance
         )
-        self.transform = TaskTransform(k_s, k_t, d, mode=self.transform_config.mode)
-        self.transformed_metrics = ProbeMetrics(k_t)
+        self.test_metrics = self.analysis.new_metrics()
         if stage == "fit":
-            self._init_transform()
-
-    @torch.no_grad()
-    def _init_transform(self) -> None:
-        assert self.transform is not None
-        f = self.features
-        initialise_transform(self.transform, f.source_train, f.target_train, self.transform_config, self.seed)
+            self.analysis.initialise(self.features)
+        self.analysis.start(self.features)  # the phases; their data follows the model to its device
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        assert self.source_head and self.probe and self.standard_probe and self.transform
-        optimizers = [
-            self.source_head.make_optimizer(),
-            self.probe.make_optimizer(),
-            self.standard_probe.make_optimizer(),
-        ]
-        transform_opt = transform_optimizer(self.transform, self.transform_config)
-        if transform_opt is not None:
-            optimizers.append(transform_opt)
-        return optimizers
+        assert self.analysis is not None
+        return list(self.analysis.optimizers().values())  # owned by the phases (tta.fitting)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._best is not None:
-            checkpoint["tta_best_transform"] = self._best.state_dict()
-        elif self._best_state is not None:  # resumed, and saved again before the transform phase went on
-            checkpoint["tta_best_transform"] = self._best_state
-        # what a resumed fit needs to report the same result (transform_stopped_at, selected_step, the
-        # phases' seconds so far, the numerical warnings already seen)
-        checkpoint["tta_timings"] = dict(self.timings)
-        if self._guard is not None:  # transform.max_condition: the last well-conditioned state
-            checkpoint["tta_condition_guard"] = self._guard.state_dict()
-        checkpoint["tta_warning_log"] = self.warning_log.state_dict()["entries"]
+        if self.analysis is not None:  # the optimisers' states are in the checkpoint already
+            checkpoint["tta_engine"] = self.analysis.engine_state(optimizers=False)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("backbone.")]:
             del state[key]
 
-    # ---------------------------------------------------------------- training
-    def _source_class_losses(self) -> Tensor:
-        if self._class_losses is None:
-            assert self.source_head is not None
-            z, y = self.features.source_train
-            with torch.no_grad():
-                losses = F.cross_entropy(
-                    self.source_head.head(z.to(self.device)), y.to(self.device), reduction="none"
-                )
-            self._class_losses = B.class_mean_losses(
-                losses, y.to(self.device), self.features.num_source_classes
-            )
-        return self._class_losses
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("tta_engine")
+        if saved is not None and self.analysis is not None:
+            self.analysis.load_engine_state(saved)
 
+    # ---------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        step = int(self.step_counter)
-        phase, local = self.phase_of(step)
-        started = time.perf_counter()
-        optimizers = self.optimizers()
-        if not isinstance(optimizers, list):
-            optimizers = [optimizers]
-        f = self.features
-        if phase in ("source_head", "probe", "standard_probe"):
-            probe: LinearProbe = getattr(self, phase)
-            z, y = f.source_train if phase == "source_head" else f.target_train
-            loss, parts = probe.loss_on_batch(z.to(self.device), y.to(self.device), local)
-            opt = optimizers[PHASES.index(phase)]
-            opt.zero_grad()
-            self.manual_backward(loss)
-            opt.step()
-            self._log_step(
-                {f"train/{phase}_loss": loss, **{f"train/{phase}_{k}": v for k, v in parts.items()}}
-            )
-        elif phase == "transform" and (self._converged(local) or self.ill_conditioned_at >= 0):
-            pass  # stopped early (transform.patience or transform.max_condition): the rest are no-ops
-        elif phase == "transform":
-            assert self.transform is not None and self.source_head is not None
-            p_t = B.label_prior(f.target_train[1], f.num_target_classes).to(self.device)
-            where = f"transform step {local}"
-            with self.warning_log.capture(where, self.distance):
-                objective, parts = step_objective(
-                    self.transform,
-                    self.source_head.head,
-                    self._source_class_losses(),
-                    f.source_train,
-                    f.target_train,
-                    p_t,
-                    self.distance,
-                    self.transform_config,
-                    self.seed,
-                    local,
-                )
-            best = self._best_transform()
-            guard = self._condition_guard()
-            with self.warning_log.capture(where, self.distance):
-                if guard.enabled and guard.state is None:  # first step, or resumed from a checkpoint
-                    guard.check(self.transform, local - 1)
-                if best is not None and local == 0:
-                    best.update(self.transform, -1)
-            opt = optimizers[3]
-            opt.zero_grad()
-            self.manual_backward(objective)
-            check_finite_gradients(self.transform, local)
-            opt.step()
-            values = {f"train/{k}": v for k, v in parts.items()}
-            force = False
-            with self.warning_log.capture(where, self.distance):
-                if guard.due(local):
-                    well_conditioned = guard.check(self.transform, local)
-                    values["train/cond_A"] = guard.last_condition
-                    force = True
-                    if not well_conditioned:  # the last well-conditioned state is back in self.transform
-                        self.timings.setdefault("transform_stopped_at", float(local + 1))
-                if (
-                    guard.stopped_at is None
-                    and best is not None
-                    and is_selection_step(self.transform_config, local)
-                ):
-                    values["train/selection_bound"] = best.update(self.transform, local)
-                    force = True
+        assert self.analysis is not None
+        wrappers = self.optimizers()
+        wrappers = wrappers if isinstance(wrappers, list) else [wrappers]
+        optimizers = dict(zip(self.analysis.optimizers(), wrappers))  # Lightning's, which count the steps
+        phase, record = self.analysis.step(int(self.step_counter), self.manual_backward, optimizers)
+        if record is not None:
+            values = {
+                f"train/{phase}_{k}" if phase != "transform" else f"train/{k}": v for k, v in record.items()
+            }
+            force = phase == "transform" and ("cond_A" in record or "selection_bound" in record)
             self._log_step(values, force=force)
         self.step_counter += 1
-        if int(self.step_counter) == self.total_steps:
-            self._finish_fit()  # before the end-of-epoch checkpoint, so that it holds the final transform
-        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
 
-    def _converged(self, local: int) -> bool:
-        """Whether convergence-based stopping (``transform.patience > 0``) has ended the transform phase.
-
-        Recorded as ``timings["transform_stopped_at"]`` (the first transform step skipped), beside
-        ``timings["selected_step"]``.
-        """
-        best = self._best_transform() if self.transform_config.patience > 0 else None
-        if best is None or not best.converged:
-            return False
-        self.timings.setdefault("transform_stopped_at", float(local))
-        return True
-
-    def _condition_guard(self) -> ConditionGuard:
-        """The cond(A) check of the transform phase (``transform.max_condition``)."""
-        if self._guard is None:
-            self._guard = ConditionGuard(self.transform_config)
-        return self._guard
-
-    @property
-    def ill_conditioned_at(self) -> int:
-        """The transform step after which cond(A) exceeded ``transform.max_condition`` (``-1``: none)."""
-        stopped = self._guard.stopped_at if self._guard is not None else None
-        return -1 if stopped is None else int(stopped)
-
-    def _numerical_record(self) -> tuple[dict[str, Any], list[str]]:
-        """The cond(A) stop (``stopped_ill_conditioned_at``...) and the run's warnings, for the result."""
-        guard = self._condition_guard()
-        messages = self.warning_log.messages()
-        if guard.stopped_at is not None and not any("max_condition" in m for m in messages):
-            messages.insert(  # a checkpoint saved without the warning log
-                0,
-                f"cond(A) = {float(guard.cond_at_stop or 0.0):.3g} exceeded transform.max_condition = "
-                f"{self.transform_config.max_condition} after transform step {guard.stopped_at}; the "
-                "transform phase stopped early and kept the last well-conditioned state",
-            )
-        return guard.record(), messages
+    def on_train_end(self) -> None:
+        if self.analysis is not None:
+            self.analysis.finish_phases(self.total_steps)
 
     def _log_step(self, values: dict[str, Any], force: bool = False) -> None:
         """Log one step's values straight to the logger, every ``log_every_n_steps`` steps.
@@ -345,146 +237,49 @@ class TaskTransferAnalysis(pl.LightningModule):
         metrics = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in values.items()}
         self.logger.log_metrics(metrics, step=step)
 
-    def _best_transform(self) -> BestTransform | None:
-        if self._best is None and selects_best(self.transform_config):
-            assert self.source_head is not None
-            f = self.features
-            self._best = BestTransform(
-                self.source_head.head,
-                f.source_train,
-                f.target_train,
-                self.distance,
-                self.transform_config,
-                self.seed,
-            )
-            if self._best_state is not None:
-                self._best.load_state_dict(self._best_state)
-        return self._best
-
-    def _finish_fit(self) -> None:
-        """Restore the best transform state, refit the label-map bias, set Ā = A⁻¹ (``tta``)."""
-        if self.transform is None:
-            return
-        best = self._best_transform()
-        if best is not None:
-            best.restore(self.transform)
-            self.timings["selected_step"] = float(best.step)
-        p_t = B.label_prior(self.features.target_train[1], self.features.num_target_classes)
-        finish_transform(self.transform, p_t, self.transform_config)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._best_state = checkpoint.get("tta_best_transform")
-        self._best = None  # rebuilt from _best_state when next needed
-        self.timings.update(checkpoint.get("tta_timings") or {})
-        guard_state = checkpoint.get("tta_condition_guard")
-        if guard_state:
-            self._condition_guard().load_state_dict(guard_state)
-        saved = checkpoint.get("tta_warning_log") or {}
-        self.warning_log.entries.update({k: dict(v) for k, v in saved.items()})
-
     # ---------------------------------------------------------------- evaluation
     def on_test_epoch_start(self) -> None:
         self._test_started = time.perf_counter()
-        for m in (self.transformed_metrics, self.probe.metrics, self.standard_probe.metrics):  # type: ignore[union-attr]
-            m.reset()
-        assert self.transform is not None
-        import copy
-
-        t = copy.deepcopy(self.transform)
-        if self.eval_config.match_label_marginal:
-            t.match_label_marginal(B.label_prior(self.features.target_test[1], t.num_target_classes))
-        self._eval_transform = t
-        self._eval_inverse = t.exact_inverse() if self.eval_config.inverse == "exact" else t.inverse.detach()
+        analysis = self.analysis
+        assert analysis is not None and self.test_metrics is not None
+        for metric in self.test_metrics.values():
+            metric.reset()
+        self._eval = analysis.prepare_evaluation(self.features.target_test[1].to(self.device))
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
+        assert self.analysis is not None and self._eval is not None and self.test_metrics is not None
         idx = batch[0] if isinstance(batch, (list, tuple)) else batch
         z_all, y_all = self.features.target_test
         z, y = z_all[idx].to(self.device), y_all[idx].to(self.device)
-        t, head = self._eval_transform, self.source_head.head  # type: ignore[union-attr]
-        log_q = B.transformed_log_probs(
-            z, head.weight, head.bias, t.log_label_map, self._eval_inverse, t.shift
-        )
-        self.transformed_metrics.update(log_q, y)
-        self.probe.metrics.update(self.probe(z), y)  # type: ignore[union-attr]
-        self.standard_probe.metrics.update(self.standard_probe(z), y)  # type: ignore[union-attr]
+        for name, log_probs in self.analysis.target_log_probs(self._eval, z).items():
+            self.test_metrics[name].update(log_probs, y)
 
     def on_test_epoch_end(self) -> None:
-        f = self.features
-        assert self.transform is not None and self.source_head is not None
-        with self.warning_log.capture("test", self.eval_distance):
-            terms = evaluate_bound(
-                self.transform,
-                self.source_head.head,
-                f.source_test,
-                f.target_test,
-                self.eval_distance,
-                self.eval_config,
-                label_cost=self.transform_config.label_cost,
-            )
-        numerics, run_warnings = self._numerical_record()
-        metrics = {
-            "transformed": self.transformed_metrics.compute(),
-            "probe": self.probe.metrics.compute(),  # type: ignore[union-attr]
-            "standard_probe": self.standard_probe.metrics.compute(),  # type: ignore[union-attr]
-        }
-        source_acc = float((self.source_head(f.source_test[0]).argmax(-1) == f.source_test[1]).float().mean())
-        self.timings["evaluation"] = time.perf_counter() - self._test_started
-        result: dict[str, Any] = {
-            "bound": terms["bound"],
-            "terms": {
-                k: terms[k] for k in ("weighted_source_loss", "conditional_entropy", "tau_w1", "tau", "w1")
-            },
-            "transformed_classifier": {
-                "target_ce": metrics["transformed"]["ce"],
-                "target_acc": metrics["transformed"]["acc"],
-                "target_ece": metrics["transformed"]["ece"],
-            },
-            "probe": {
-                "target_ce": metrics["probe"]["ce"],
-                "target_acc": metrics["probe"]["acc"],
-                "target_ece": metrics["probe"]["ece"],
-            },
-            "standard_probe": {
-                "target_ce": metrics["standard_probe"]["ce"],
-                "target_acc": metrics["standard_probe"]["acc"],
-                "target_ece": metrics["standard_probe"]["ece"],
-            },
-            "gap": terms["bound"] - metrics["probe"]["ce"],
-            "bound_covers_probe_exactly": terms["label_map_is_hard"],
-            "reference_classifier": {"source_test_acc": source_acc},
-            "details": {**{k: v for k, v in terms.items() if k not in ("prior", "label_map")}, **numerics},
-            "warnings": run_warnings,
-            "determinism": {
-                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-                "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-            },
-            "prior": terms["prior"],
-            "label_map": terms["label_map"],
-            "seed": self.seed,
-            "mode": self.transform_config.mode,
-            "algorithm": self.transform_config.algorithm,
-            "timings": {**getattr(f, "timings", {}), **self.timings},
-            "data": getattr(f, "summary", lambda: {})(),
-        }
-        self.result = result
+        assert self.analysis is not None and self.test_metrics is not None
+        self.result = result = self.analysis.result(self.features, self.test_metrics, self._test_started)
+        report = result.report
         log = {
-            "test/bound": terms["bound"],
-            "test/weighted_source_loss": terms["weighted_source_loss"],
-            "test/conditional_entropy": terms["conditional_entropy"],
-            "test/tau": terms["tau"],
-            "test/w1": terms["w1"],
-            "test/tau_w1": terms["tau_w1"],
-            "test/bound_certified": terms["bound_certified"],
-            "test/gap": result["gap"],
-            "test/cond_A": terms["cond_A"],
+            "test/bound": report.bound,
+            "test/weighted_source_loss": report.weighted_source_loss,
+            "test/conditional_entropy": report.conditional_entropy,
+            "test/tau": report.tau,
+            "test/w1": report.w1,
+            "test/tau_w1": report.tau_w1,
+            "test/bound_certified": report.bound_certified,
+            "test/gap": result.gap,
+            "test/cond_A": report.cond_A,
         }
-        for name, values in metrics.items():
-            for k, v in values.items():
-                log[f"test/{name}_{k}"] = v
+        for name, metrics in (
+            ("transformed", result.transformed_classifier),
+            ("probe", result.probe),
+            ("standard_probe", result.standard_probe),
+        ):
+            log.update({f"test/{name}_ce": metrics.target_ce, f"test/{name}_acc": metrics.target_acc})
+            log[f"test/{name}_ece"] = metrics.target_ece
         self.log_dict(log)
-        self._log_figures(terms)
+        self._log_figures(result)
 
-    def _log_figures(self, terms: dict[str, Any]) -> None:
+    def _log_figures(self, result: AnalysisResult) -> None:
         logger = self.logger
         experiment = getattr(logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_figure") or self.global_rank != 0:
@@ -493,10 +288,11 @@ class TaskTransferAnalysis(pl.LightningModule):
 
         f = self.features
         step = int(self.step_counter)
+        report = result.report
         experiment.add_figure(
             "test/label_map",
-            label_map_figure(terms["label_map"], f.source_class_names, f.target_class_names),
+            label_map_figure(report.label_map, f.source_class_names, f.target_class_names),
             step,
         )
-        experiment.add_figure("test/prior", prior_figure(terms["prior"], f.source_class_names), step)
-        experiment.add_figure("test/bound_decomposition", bound_decomposition_figure(self.result), step)
+        experiment.add_figure("test/prior", prior_figure(report.prior, f.source_class_names), step)
+        experiment.add_figure("test/bound_decomposition", bound_decomposition_figure(result), step)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tta.results import AnalysisResult
 
 __all__ = ["bound_decomposition_figure", "label_map_figure", "prior_figure"]
 
@@ -50,28 +53,28 @@ def prior_figure(prior: Sequence[float], source_names: Sequence[str], top: int =
     return fig
 
 
-def bound_decomposition_figure(result: dict[str, Any]) -> Any:
+def bound_decomposition_figure(result: AnalysisResult) -> Any:
     """Stacked bar of the three terms of the bound beside the target CE of h''' and of the probes."""
     plt = _plt()
-    terms = result["terms"]
+    report = result.report
     fig, ax = plt.subplots(figsize=(6, 3.5))
     parts = [
-        ("weighted source loss", terms["weighted_source_loss"]),
-        ("H(Y_T|Y_S)", terms["conditional_entropy"]),
-        ("tau * W1", terms["tau_w1"]),
+        ("weighted source loss", report.weighted_source_loss),
+        ("H(Y_T|Y_S)", report.conditional_entropy),
+        ("tau * W1", report.tau_w1),
     ]
     bottom = 0.0
     for label, value in parts:
         ax.bar(["bound"], [value], bottom=[bottom], label=label)
         bottom += value
     actual = [
-        ("h''' target CE", result["transformed_classifier"]["target_ce"]),
-        ("probe target CE", result["probe"]["target_ce"]),
-        ("standard probe CE", result["standard_probe"]["target_ce"]),
+        ("h''' target CE", result.transformed_classifier.target_ce),
+        ("probe target CE", result.probe.target_ce),
+        ("standard probe CE", result.standard_probe.target_ce),
     ]
     ax.bar([a for a, _ in actual], [v for _, v in actual], color="grey")
     ax.set_ylabel("nats")
-    ax.set_title(f"bound {result['bound']:.3f} vs actual")
+    ax.set_title(f"bound {result.bound:.3f} vs actual")
     ax.legend(fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()

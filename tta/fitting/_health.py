@@ -1,6 +1,6 @@
 """Numerical health of a fit: the cond(A) guard, non-finite gradients, and the run's warning log. Pure torch.
 
-Used by :func:`tta.fitting.learn_transform` and :class:`tta.modules.TaskTransferAnalysis`:
+Used by :class:`tta.fitting.TransformFitter`:
 
 - :class:`ConditionGuard` checks cond(A) every ``select_every`` transform steps and stops the phase (with a
   :class:`~tta.errors.NumericalWarning`, keeping the last well-conditioned state) when it exceeds
@@ -27,7 +27,7 @@ from tta.errors import NumericalWarning, TTANumericalError
 from tta.transforms import TaskTransform, condition_number
 
 if TYPE_CHECKING:
-    from tta.fitting import TransformConfig
+    from tta.fitting._config import TransformConfig
 
 __all__ = ["ConditionGuard", "WarningLog", "check_finite_gradients"]
 

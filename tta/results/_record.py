@@ -1,4 +1,4 @@
-"""The result record of a run: versions, config hash, every term, timings; written atomically as JSON."""
+"""Writing a run's record: versions, config hash, the JSON file (atomically), and its table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import platform
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tta.results._types import AnalysisResult
 
 __all__ = ["config_hash", "format_result", "versions", "write_json_atomic"]
 
@@ -98,37 +101,36 @@ def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> 
     return path
 
 
-def format_result(result: dict[str, Any]) -> Any:
+def format_result(result: AnalysisResult) -> Any:
     """A rich table of the bound, its terms and the actual target losses."""
     from rich.table import Table
 
-    terms = result["terms"]
+    report = result.report
     table = Table(title="Task transfer analysis (test splits)", show_lines=False)
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [
-        ("weighted source loss  Σ D_s L̄_s", terms["weighted_source_loss"]),
-        ("label mismatch  H(Y_T|Y_S)", terms["conditional_entropy"]),
-        ("τ̂", terms["tau"]),
-        ("W₁(transformed reference, target)", terms["w1"]),
-        ("distribution mismatch  τ̂·W₁", terms["tau_w1"]),
-        ("bound (sum)", result["bound"]),
-        ("target CE of transformed classifier h'''", result["transformed_classifier"]["target_ce"]),
-        ("target accuracy of h'''", result["transformed_classifier"]["target_acc"]),
-        ("target CE of τ-penalised probe (transferability)", result["probe"]["target_ce"]),
-        ("target accuracy of τ-penalised probe", result["probe"]["target_acc"]),
-        ("target CE of standard probe", result["standard_probe"]["target_ce"]),
-        ("target accuracy of standard probe", result["standard_probe"]["target_acc"]),
-        ("gap  bound − probe CE", result["gap"]),
+        ("weighted source loss  Σ D_s L̄_s", report.weighted_source_loss),
+        ("label mismatch  H(Y_T|Y_S)", report.conditional_entropy),
+        ("τ̂", report.tau),
+        ("W₁(transformed reference, target)", report.w1),
+        ("distribution mismatch  τ̂·W₁", report.tau_w1),
+        ("bound (sum)", result.bound),
+        ("target CE of transformed classifier h'''", result.transformed_classifier.target_ce),
+        ("target accuracy of h'''", result.transformed_classifier.target_acc),
+        ("target CE of τ-penalised probe (transferability)", result.probe.target_ce),
+        ("target accuracy of τ-penalised probe", result.probe.target_acc),
+        ("target CE of standard probe", result.standard_probe.target_ce),
+        ("target accuracy of standard probe", result.standard_probe.target_acc),
+        ("gap  bound − probe CE", result.gap),
     ]
     for name, value in rows:
         table.add_row(name, f"{value:.4f}")
-    cond = result.get("details", {}).get("cond_A")
-    if isinstance(cond, (int, float)):
-        table.add_row("cond(A)", f"{cond:.3g}")
-    stopped = result.get("details", {}).get("stopped_ill_conditioned_at")
+    if report.cond_A is not None:
+        table.add_row("cond(A)", f"{report.cond_A:.3g}")
+    stopped = result.numerics.stopped_ill_conditioned_at
     if stopped is not None:
         table.add_row("transform stopped (ill-conditioned A) after step", str(stopped))
-    for message in result.get("warnings") or []:  # numerical warnings of the run (NumericalWarning, solvers)
+    for message in result.warnings:  # numerical warnings of the run (NumericalWarning, solvers)
         table.add_row("[bold yellow]warning[/bold yellow]", f"[yellow]{message}[/yellow]")
     return table
