@@ -5,7 +5,9 @@
 #   2. ruff check .
 #   3. ruff format --check .
 #   4. sphinx-build -W (warnings are errors) into docs/_build/html
-#   5. python -m pytest PYTEST_ARGS...   (exit code 5, "no tests collected", counts as a failure)
+#   5. python -m pytest PYTEST_ARGS...   (exit code 5, "no tests collected", counts as a failure);
+#      without PYTEST_ARGS every test, the slow ones included (-m "slow or not slow"; a plain
+#      `pytest` deselects the tests marked slow)
 #   6. without PYTEST_ARGS: python -m pytest plugins/tta-example-plugin (the example plugin's tests)
 #
 # Every check runs even when an earlier one fails; the script exits non-zero if any failed.
@@ -56,7 +58,11 @@ run_pytest() {
 check "ruff check" ruff check .
 check "ruff format" ruff format --check .
 check "docs" sphinx-build -W --keep-going -E -q -b html docs docs/_build/html
-check "pytest" run_pytest "$@"
+if (($# == 0)); then
+    check "pytest" run_pytest -m "slow or not slow"
+else
+    check "pytest" run_pytest "$@"
+fi
 if (($# == 0)); then
     check "example plugin" run_pytest plugins/tta-example-plugin
 fi
