@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -19,7 +20,7 @@ from tta.data.datamodule import TaskPairDataModule
 from tta.errors import TTAError, TTAInterrupted
 from tta.modules.analysis import TaskTransferAnalysis
 from tta.modules.interrupt import InterruptCallback, Interrupted, SignalGuard
-from tta.results import config_hash, format_result, versions, write_json_atomic
+from tta.results import AnalysisResult, config_hash, format_result, versions, write_json_atomic
 
 __all__ = ["RESUME_DIR", "TTACLI", "run"]
 
@@ -84,6 +85,8 @@ class TTACLI(LightningCLI):
             check_writable_dir(
                 root, "the run's logs and result", fix="set --trainer.default_root_dir to a writable folder"
             )
+        if self.subcommand == "fit":
+            self._resume_logger_version(sub)
         data = sub.get("data.init_args") or {}
         if data.get("use_cache", False):
             check_writable_dir(
@@ -91,6 +94,27 @@ class TTACLI(LightningCLI):
                 "the feature cache",
                 fix="set TTA_CACHE_DIR or --data.cache_dir to a writable folder, or --data.use_cache false",
             )
+
+    def _resume_logger_version(self, sub: Any) -> None:
+        """Give the logger of a resumed fit the version (log directory) of the interrupted run.
+
+        Set in the config, before the Trainer is built: the default logger becomes an explicit
+        ``TensorBoardLogger`` with that ``version``; a configured logger gets it unless it names one.
+        """
+        root = sub.get("trainer.default_root_dir") or "."
+        record = _read_record(Path(root) / RESUME_DIR / f"{self._resume_key()}.json")
+        version = None if record is None else record.get("logger_version")
+        if version is None or not Path(record["checkpoint"]).is_file():  # type: ignore[index]
+            return
+        logger = sub.get("trainer.logger")
+        if logger is None or logger is True:
+            sub["trainer.logger"] = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=root, version=version),
+            )
+        elif isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+            if logger.init_args.get("version") is None:
+                logger.init_args["version"] = version
 
     def before_fit(self) -> None:
         self._started = time.perf_counter()
@@ -149,10 +173,7 @@ class TTACLI(LightningCLI):
         given = sub.get("ckpt_path")
         record = _read_record(Path(callback.resume_record))
         if given in (None, "last") and record is not None and Path(record["checkpoint"]).is_file():
-            self._resume = record
-            for logger in trainer.loggers:  # the same log directory (and checkpoint folder) as before
-                if hasattr(logger, "_version") and record.get("logger_version") is not None:
-                    logger._version = record["logger_version"]
+            self._resume = record  # its logger version was set in the config (_resume_logger_version)
             if isinstance(record.get("seed"), int) and record["seed"] != sub.get("seed_everything"):
                 from lightning.pytorch import seed_everything
 
@@ -221,7 +242,8 @@ class TTACLI(LightningCLI):
         model: TaskTransferAnalysis = self.model  # type: ignore[assignment]
         # trainer.log_dir is a collective (broadcast from rank zero): every rank must ask for it.
         log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        if not getattr(model, "result", None) or not self.trainer.is_global_zero:
+        result = getattr(model, "result", None)
+        if not isinstance(result, AnalysisResult) or not self.trainer.is_global_zero:
             return
         config = self._config_dict()
         hashed = {k: config.get(k) for k in ("model", "data", "seed_everything")}
@@ -229,9 +251,12 @@ class TTACLI(LightningCLI):
         ckpt = (callback and (callback.last_model_path or callback.best_model_path)) or config.get(
             "ckpt_path"
         )
+        result = result.with_timings(
+            total=time.perf_counter() - getattr(self, "_started", time.perf_counter())
+        )
         record = {
             "stage": stage,
-            **model.result,
+            **result.to_dict(),
             "config_hash": config_hash(hashed),
             "versions": versions(),
             "checkpoint": ckpt or None,
@@ -239,12 +264,11 @@ class TTACLI(LightningCLI):
         }
         if stage == "fit" and self._resume is not None:
             record["resumed_from"] = self._resume["checkpoint"]
-        record["timings"]["total"] = time.perf_counter() - getattr(self, "_started", time.perf_counter())
         path = write_json_atomic(log_dir / "result.json", record)
         from rich.console import Console
 
         console = Console()
-        console.print(format_result(record))
+        console.print(format_result(result))
         console.print(f"result written to [bold]{path}[/bold]  (config hash {record['config_hash']})")
 
 
