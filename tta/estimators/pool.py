@@ -156,5 +156,8 @@ def etran(features: Sequence[ArrayLike], labels: ArrayLike, *, temperature: floa
         raise ValueError(f"temperature must be > 0, got {temperature}")
     mats, y, num_classes = check_pool(features, labels, "etran")
     energy = [float((temperature * torch.logsumexp(x / temperature, dim=1)).mean()) for x in mats]
-    lda = [_true_class_mean(fisher_posteriors(x, y.to(x.device), num_classes), y.to(x.device)) for x in mats]
+    lda = []
+    for x in mats:
+        posteriors, _ = fisher_posteriors(x, y.to(x.device), num_classes)
+        lda.append(_true_class_mean(posteriors, y.to(x.device)))
     return [e + a for e, a in zip(min_max(energy), min_max(lda))]
