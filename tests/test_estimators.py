@@ -548,6 +548,40 @@ def test_gbc_spans_minus_c_c_minus_one_to_zero(gaussian_type: Any) -> None:
     assert -12.0 <= mid <= 0.0
 
 
+def _two_gaussians(offset: float, scales: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Two 1-d classes with known moments: {-s0, +s0} (mean 0, variance s0²) and {offset ± s1}."""
+    s0, s1 = scales
+    x = np.array([-s0, s0, -s0, s0, offset - s1, offset + s1, offset - s1, offset + s1])[:, None]
+    return x, np.array([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_gbc_matches_a_hand_computed_pair_of_gaussians() -> None:
+    # class 0: mean (0, 0), variances (1, 4); class 1: mean (3, 1), variances (4, 1)
+    signs = np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]], dtype=np.float64)
+    x = np.concatenate([signs * [1.0, 2.0], [3.0, 1.0] + signs * [2.0, 1.0]])
+    y = np.array([0] * 4 + [1] * 4)
+    # diagonal: mean variance 2.5 per dimension; D_B = (9 + 1)/2.5/8 + 2 * ½ log(2.5/√4) = ½ + log 1.25
+    assert est.gbc(x, y) == pytest.approx(-2 * math.exp(-0.5) / 1.25, rel=1e-12)
+    # spherical: both classes have variance 2.5 in every dimension, so the log term vanishes
+    assert est.gbc(x, y, gaussian_type="spherical") == pytest.approx(-2 * math.exp(-0.5), rel=1e-12)
+
+
+def test_gbc_separated_classes_keep_distinct_negative_scores() -> None:
+    # D_B = offset²/8 + 0 = 50 and 72 (and 128 with unequal variances): the overlaps are 1e-22 to
+    # 1e-56, far below C·eps, which subtracting the diagonal from a total rounded to exactly 0
+    near, far = est.gbc(*_two_gaussians(20.0)), est.gbc(*_two_gaussians(24.0))
+    assert near == pytest.approx(-2 * math.exp(-50.0), rel=1e-12)
+    assert far == pytest.approx(-2 * math.exp(-72.0), rel=1e-12)
+    assert near < far < 0.0
+    x, y = _two_gaussians(64.0, (1.0, 3.0))  # D_B = 64²/(8·5) + ½ log(5/3)
+    expected = -2 * math.exp(-(64.0**2 / 40 + 0.5 * math.log(5 / 3)))
+    assert est.gbc(x, y) == pytest.approx(expected, rel=1e-12)
+    # 4 classes in 5-d, every pair far apart (GBC ≈ -5e-19 and -5e-27): the separations still rank
+    near, far = (est.gbc(*blobs(120, 4, 5, spread=s, noise=1.0, seed=0)) for s in (25.0, 30.0))
+    assert near < far < 0.0
+    assert far / near < 1e-6
+
+
 def test_gbc_options_are_validated() -> None:
     x, y = blobs(30, 3, 4)
     with pytest.raises(ValueError, match="gaussian_type"):
