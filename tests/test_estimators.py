@@ -263,6 +263,31 @@ def test_inputs_are_not_mutated_and_numpy_equals_torch(name: str) -> None:
         assert torch.equal(after, before)
 
 
+@pytest.mark.parametrize("name", [n for n in ALL_NAMES if n != "static"])
+def test_negative_stride_views_equal_their_contiguous_copies(name: str) -> None:
+    data = synthetic()
+    flipped = {
+        k: [np.flip(t.numpy(), 0) for t in v] if isinstance(v, list) else np.flip(v.numpy(), 0)
+        for k, v in data.items()
+    }
+    assert all(a.strides[0] < 0 for a in _leaves(flipped))
+    copies = {
+        k: [np.ascontiguousarray(a) for a in v] if isinstance(v, list) else np.ascontiguousarray(v)
+        for k, v in flipped.items()
+    }
+    np.testing.assert_array_equal(call(name, flipped), call(name, copies))
+
+
+def test_negative_strides_are_copied_only_when_needed() -> None:
+    from tta.estimators._checks import check_features, check_labels
+
+    x = np.arange(12.0).reshape(4, 3)
+    np.testing.assert_array_equal(check_features(x[::-1, ::-1]).numpy(), x[::-1, ::-1])
+    np.testing.assert_array_equal(check_labels(np.array([0, 1, 1, 0])[::-1], 4)[0].numpy(), [0, 1, 1, 0])
+    shared = check_features(x)  # a float64 array torch can view is not copied
+    assert shared.data_ptr() == x.ctypes.data
+
+
 def test_float32_inputs_are_computed_in_float64() -> None:
     x, y = blobs(60, 3, 5)
     x32 = x.float()
