@@ -288,6 +288,39 @@ def test_negative_strides_are_copied_only_when_needed() -> None:
     assert shared.data_ptr() == x.ctypes.data
 
 
+# How each estimator that reads features responds to scaling them, checked below on the synthetic set
+# ×10 (×3, ×10, ×30): floors and absolute constants bind only for small-valued features.
+SCALE_FREE = ["f_otce", "gbc", "hscore", "hscore_reg", "jc_otce", "knn", "logme", "ncti", "sfda"]
+NEARLY_SCALE_FREE = {  # name -> why not exactly
+    "nleep": "scikit-learn's GMM has an absolute reg_covar and EM tolerance",
+    "transrate": "the distortion eps is absolute (the log c terms cancel only as eps -> 0)",
+}
+SCALE_DEPENDENT = {"etran": "the energy term's temperature is absolute"}
+NO_FEATURES = ["leep", "nce", "static"]
+
+
+def test_every_estimator_declares_how_it_depends_on_the_feature_scale() -> None:
+    groups = [*SCALE_FREE, *NEARLY_SCALE_FREE, *SCALE_DEPENDENT, *NO_FEATURES]
+    assert sorted(groups) == sorted(ALL_NAMES) == sorted(ESTIMATORS.names())
+
+
+def _scaled(data: dict[str, Any], c: float) -> dict[str, Any]:
+    return {
+        k: [c * t for t in v] if k == "pool" else c * v if k in ("x", "xs") else v for k, v in data.items()
+    }
+
+
+@pytest.mark.parametrize("name", [*SCALE_FREE, *NEARLY_SCALE_FREE, *SCALE_DEPENDENT])
+def test_feature_scale_invariance(name: str) -> None:
+    data = _scaled(synthetic(), 10.0)
+    values = np.array([call(name, _scaled(data, c)) for c in (0.3, 1.0, 3.0)], dtype=np.float64)
+    rtol = 1e-9 if name in SCALE_FREE else 1e-4
+    if name in SCALE_DEPENDENT:
+        assert not np.allclose(values, values[1], rtol=1e-3), "scale-free after all: update the groups"
+    else:
+        np.testing.assert_allclose(values, np.broadcast_to(values[1], values.shape), rtol=rtol, atol=1e-12)
+
+
 def test_float32_inputs_are_computed_in_float64() -> None:
     x, y = blobs(60, 3, 5)
     x32 = x.float()

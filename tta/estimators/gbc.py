@@ -64,7 +64,8 @@ def gbc(
     terms are summed directly in float64, so separated classes keep distinct, strictly negative scores
     while some :math:`e^{-D_B(i, j)}` is representable; only when every :math:`D_B(i, j)` exceeds about
     745 do they all underflow to 0. The value depends strongly on the dimension; [1]_ projects on the
-    top principal components first (``pca_dim``).
+    top principal components first (``pca_dim``). It is scale-free while no variance reaches the
+    absolute ``min_variance`` floor.
 
     Cost: :math:`O(nD + C^2 D)` (plus :math:`O(nD\min(n, D))` for the optional PCA).
 
