@@ -15,7 +15,16 @@ from scipy import stats
 import tta.benchmark.runner as runner
 from tta._benchmark_cli import main as benchmark_main
 from tta.benchmark.config import BenchmarkConfigError, config_from_dict, load_config
-from tta.benchmark.metrics import correlations, kendall_tau, pearson, rel_at_k, weighted_tau
+from tta.benchmark.metrics import (
+    N_RESAMPLES,
+    correlations,
+    kendall_tau,
+    mean_weighted_tau,
+    pearson,
+    rel_at_k,
+    weighted_tau,
+    weighted_tau_interval,
+)
 from tta.benchmark.report import BOUND, correlation_table, score_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +65,109 @@ def test_rel_at_k():
         rel_at_k(score, truth, 0)
     m = correlations(score, truth)
     assert m["n"] == 4 and m["rel@1"] == pytest.approx(0.5 / 0.9)
+
+
+def _scipy_percentile_interval(data, statistic, paired, n_resamples=N_RESAMPLES):
+    """The oracle: scipy.stats.bootstrap called directly, percentile method, default_rng(0)."""
+    res = stats.bootstrap(
+        data,
+        statistic,
+        paired=paired,
+        vectorized=not paired,
+        n_resamples=n_resamples,
+        method="percentile",
+        confidence_level=0.95,
+        rng=np.random.default_rng(0),
+    )
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
+def test_weighted_tau_interval_is_scipys_paired_percentile_bootstrap():
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=25)
+    t = s + rng.normal(size=25)
+    low, high = weighted_tau_interval(s, t)
+    expected = _scipy_percentile_interval((s, t), lambda a, b: stats.weightedtau(a, b)[0], paired=True)
+    assert (low, high) == pytest.approx(expected, abs=1e-12)
+    assert low < weighted_tau(s, t) < high
+    assert weighted_tau_interval(s, t) == (low, high)  # seeded
+    # perfect agreement: every resample ranks perfectly, a degenerate interval at 1
+    up = np.arange(8.0)
+    assert weighted_tau_interval(up, up**3) == pytest.approx((1.0, 1.0), abs=1e-12)
+    # three candidates: some resamples repeat one candidate (τ_w undefined) and are left out
+    low, high = weighted_tau_interval([1.0, 2.0, 3.0], [1.0, 3.0, 2.0])
+    assert -1.0 <= low <= high <= 1.0
+    # undefined τ_w or no resamples: no interval
+    assert all(math.isnan(v) for v in weighted_tau_interval([1.0, 2.0], [1.0, 2.0]))
+    assert all(math.isnan(v) for v in weighted_tau_interval(s, t, n_resamples=0))
+
+
+def test_mean_weighted_tau_resamples_targets():
+    m = mean_weighted_tau([0.2, 0.5, 0.9, math.nan])  # the nan target (< 3 candidates) is left out
+    assert m["mean_weighted_tau"] == pytest.approx((0.2 + 0.5 + 0.9) / 3)
+    assert m["mean_weighted_tau_targets"] == 3
+    expected = _scipy_percentile_interval((np.array([0.2, 0.5, 0.9]),), np.mean, paired=False)
+    assert (m["mean_weighted_tau_low"], m["mean_weighted_tau_high"]) == pytest.approx(expected, abs=1e-12)
+    assert 0.2 <= m["mean_weighted_tau_low"] < m["mean_weighted_tau"] < m["mean_weighted_tau_high"] <= 0.9
+    perfect = mean_weighted_tau([1.0, 1.0, 1.0, 1.0])
+    assert [perfect[k] for k in ("mean_weighted_tau", "mean_weighted_tau_low", "mean_weighted_tau_high")] == [
+        1.0,
+        1.0,
+        1.0,
+    ]
+    one = mean_weighted_tau([0.4, math.nan])  # one target: a mean, but no interval
+    assert one["mean_weighted_tau"] == 0.4 and one["mean_weighted_tau_targets"] == 1
+    assert math.isnan(one["mean_weighted_tau_low"]) and math.isnan(one["mean_weighted_tau_high"])
+    assert math.isnan(mean_weighted_tau([math.nan])["mean_weighted_tau"])
+
+
+def _rows(table):
+    """Tidy rows (external-table form) of {target: [(model, truth, score), ...]} for estimator 'est'."""
+    return [
+        {"backbone": model, "target": target, "estimator": "est", "aligned_score": score, "accuracy": acc}
+        for target, entries in table.items()
+        for model, acc, score in entries
+    ]
+
+
+def test_correlation_table_reports_mean_per_target_tau_w_beside_the_pooled():
+    # perfect agreement on every target, and pooled: 1.0 with degenerate intervals
+    perfect = {f"t{k}": [(f"m{i}", 0.1 * i + k, float(i + 10 * k)) for i in range(4)] for k in range(3)}
+    (pooled,) = [r for r in correlation_table(_rows(perfect), ["accuracy"]) if r["group"] == "pooled"]
+    assert pooled["weighted_tau"] == pytest.approx(1.0)
+    assert (pooled["weighted_tau_low"], pooled["weighted_tau_high"]) == pytest.approx((1.0, 1.0), abs=1e-12)
+    assert pooled["mean_weighted_tau"] == pytest.approx(1.0) and pooled["mean_weighted_tau_targets"] == 3
+    assert pooled["mean_weighted_tau_low"] == pytest.approx(1.0)
+    assert pooled["mean_weighted_tau_high"] == pytest.approx(1.0)
+    # known values: the mean of the per-target τ_w; a 2-candidate target is in the pooled figure only
+    known = {
+        "a": [("m0", 0.5, 1.0), ("m1", 0.7, 3.0), ("m2", 0.9, 2.0), ("m3", 0.3, 0.0)],
+        "b": [("m0", 0.4, 3.0), ("m1", 0.6, 2.0), ("m2", 0.8, 1.0)],
+        "c": [("m0", 0.2, 1.0), ("m1", 0.1, 2.0)],
+    }
+    table = correlation_table(_rows(known), ["accuracy"])
+    by_group = {r["group"]: r for r in table}
+    tau = {g: stats.weightedtau([e[2] for e in known[g]], [e[1] for e in known[g]])[0] for g in ("a", "b")}
+    assert by_group["a"]["weighted_tau"] == pytest.approx(tau["a"])
+    assert by_group["b"]["weighted_tau"] == pytest.approx(-1.0)
+    assert math.isnan(by_group["c"]["weighted_tau"])
+    pooled = by_group["pooled"]
+    assert pooled["mean_weighted_tau"] == pytest.approx((tau["a"] + tau["b"]) / 2)
+    assert pooled["mean_weighted_tau_targets"] == 2
+    all_pairs = [e for entries in known.values() for e in entries]
+    assert pooled["n"] == 9
+    assert pooled["weighted_tau"] == pytest.approx(
+        stats.weightedtau([e[2] for e in all_pairs], [e[1] for e in all_pairs])[0]
+    )
+    assert pooled["weighted_tau_low"] <= pooled["weighted_tau"] <= pooled["weighted_tau_high"]
+    assert pooled["mean_weighted_tau_low"] == pytest.approx(min(tau.values()))  # 2 targets: min and max
+    assert pooled["mean_weighted_tau_high"] == pytest.approx(max(tau.values()))
+    # per-target rows carry no interval columns; no resamples, no intervals
+    assert "weighted_tau_low" not in by_group["a"]
+    (bare,) = [
+        r for r in correlation_table(_rows(known), ["accuracy"], n_resamples=0) if r["group"] == "pooled"
+    ]
+    assert math.isnan(bare["weighted_tau_low"]) and bare["mean_weighted_tau"] == pooled["mean_weighted_tau"]
 
 
 def _record(pid, backbone, target, bound, acc, ce, logme):
@@ -170,7 +282,27 @@ def test_external_table(tmp_path, capsys):
     assert table[("imagenet_top1", "t2")]["rel@1"] == pytest.approx(50.0 / 65.0)  # static picks m1
     assert table[("imagenet_top1", "pooled")]["rel@1"] == pytest.approx((1.0 + 50.0 / 65.0) / 2)
     assert (out / "report.md").read_text().count("weightedtau(score, truth)") >= 1
-    assert "pooled correlations" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pooled correlations" in printed and "mean per-target" in printed and "resamples" in printed
+    # mean per-target τ_w beside the pooled, with intervals, in every output; the settings stated
+    assert summary["bootstrap"]["confidence_level"] == 0.95
+    assert summary["bootstrap"]["n_resamples"] == N_RESAMPLES
+    assert summary["bootstrap"]["weighted_tau_unit"].startswith("pairs")
+    assert summary["bootstrap"]["mean_weighted_tau_unit"].startswith("targets")
+    pooled_logme = table[("logme", "pooled")]
+    per_target = [table[("logme", t)]["weighted_tau"] for t in ("t1", "t2")]
+    assert pooled_logme["mean_weighted_tau"] == pytest.approx(np.mean(per_target))
+    assert (
+        pooled_logme["weighted_tau_low"] <= pooled_logme["weighted_tau"] <= pooled_logme["weighted_tau_high"]
+    )
+    with (out / "correlations.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert {"weighted_tau_low", "weighted_tau_high", "mean_weighted_tau", "mean_weighted_tau_targets"} <= set(
+        header
+    )
+    report = (out / "report.md").read_text()
+    assert "mean per-target τ_w [95% CI]" in report and "percentile bootstrap" in report
+    assert "over pairs for the pooled τ_w and over targets" in report
     # bad input: one clear message, exit status 2
     bad = tmp_path / "bad.csv"
     bad.write_text("model,accuracy\nm1,0.5\n")
@@ -185,6 +317,7 @@ def harness(tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     cache, out = work / "cache", work / "out"
     args = ["--config", str(TINY), "--output", str(out), "--cache-dir", str(cache), "--no-progress"]
+    args += ["--bootstrap-resamples", "100"]  # the intervals' cost, not their values, is at stake here
     original = runner.fit_bound
     calls = []
 
@@ -265,6 +398,9 @@ def test_harness_outputs(harness):
     report = (out / "report.md").read_text()
     assert "sign-aligned" in report and "weightedtau(score, truth)" in report
     assert "bound_decomposition.png" in report
+    assert summary["bootstrap"]["n_resamples"] == 100 and "mean per-target τ_w" in report
+    pooled = [r for r in summary["correlations"] if r["group"] == "pooled"]
+    assert pooled and all({"weighted_tau_low", "mean_weighted_tau_targets"} <= set(r) for r in pooled)
 
 
 def test_harness_on_error_raise(harness, tmp_path):
@@ -319,6 +455,7 @@ def test_help_and_bad_config(tmp_path, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--external" in text and "weightedtau(score, truth)" in text
+    assert f"default {N_RESAMPLES}" in text  # the help's literal default is the library's
     assert "restarts where it stopped" in " ".join(text.split())
     bad = tmp_path / "bad.yaml"
     bad.write_text("pairs: []\ntasks: {}\n")

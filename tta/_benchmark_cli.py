@@ -15,6 +15,9 @@ from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
+# tta.benchmark.metrics.N_RESAMPLES, written out so that `--help` does not import the package (torch)
+_DEFAULT_RESAMPLES = 1000
+
 DESCRIPTION = """\
 Compare the tta bound with the baseline transferability estimators against ground truth.
 
@@ -31,6 +34,9 @@ model x target; e.g. a published table plus ImageNet top-1 for the static ranker
 Outputs (OUTPUT/): scores.csv (tidy; scores.parquet when pyarrow is installed), pairs.csv,
 correlations.csv, summary.json, report.md and PNG figures. Scores where lower is better (the bound)
 are sign-aligned before correlation; tau_w is scipy.stats.weightedtau(score, truth) with its defaults.
+Beside the pooled tau_w (all pairs together) the mean per-target tau_w (tau_w per target, averaged
+over targets with at least 3 candidates) is reported; both with 95% percentile bootstrap intervals
+(scipy.stats.bootstrap, seed 0) resampling pairs for the pooled and targets for the mean.
 """
 
 
@@ -63,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--external: score columns to negate",
     )
     parser.add_argument("--title", help="report title")
+    parser.add_argument(
+        "--bootstrap-resamples",
+        type=int,
+        default=_DEFAULT_RESAMPLES,
+        metavar="N",
+        help=f"bootstrap resamples per tau_w interval (default {_DEFAULT_RESAMPLES}; 0: no intervals)",
+    )
     return parser
 
 
@@ -70,15 +83,40 @@ def _print_table(summary: dict, truth: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"pooled correlations with {truth} (sign-aligned; τ_w = weightedtau(score, truth))")
-    for col in ("estimator", "n", "Pearson r", "Kendall τ", "τ_w", "rel@1", "rel@3"):
+    from tta.benchmark.report import interval_text
+
+    boot = summary["bootstrap"]
+    level = f"{boot['confidence_level']:.0%}"
+    table = Table(
+        title=f"pooled correlations with {truth} (sign-aligned; τ_w = weightedtau(score, truth))",
+        caption=f"[{level} CI]: percentile bootstrap, {boot['n_resamples']} resamples, seed {boot['seed']}; "
+        "pooled τ_w resamples pairs, mean per-target τ_w resamples targets (those with ≥ 3 candidates)",
+    )
+    columns = (
+        "estimator",
+        "n",
+        "Pearson r",
+        "Kendall τ",
+        f"pooled τ_w [{level} CI]",
+        f"mean per-target τ_w [{level} CI]",
+        "targets",
+        "rel@1",
+        "rel@3",
+    )
+    for col in columns:
         table.add_column(col, justify="left" if col == "estimator" else "right")
     for r in summary["correlations"]:
         if r["group"] == "pooled" and r["truth"] == truth:
             table.add_row(
                 r["estimator"],
                 str(r["n"]),
-                *(f"{r[k]:.3f}" for k in ("pearson", "kendall_tau", "weighted_tau", "rel@1", "rel@3")),
+                *(f"{r[k]:.3f}" for k in ("pearson", "kendall_tau")),
+                interval_text(r["weighted_tau"], r["weighted_tau_low"], r["weighted_tau_high"]),
+                interval_text(
+                    r["mean_weighted_tau"], r["mean_weighted_tau_low"], r["mean_weighted_tau_high"]
+                ),
+                str(r["mean_weighted_tau_targets"]),
+                *(f"{r[k]:.3f}" for k in ("rel@1", "rel@3")),
             )
     Console().print(table)
 
@@ -87,6 +125,8 @@ def main(argv: list[str]) -> int:
     """Run ``tta benchmark``; returns the exit status (1 when a pair failed or the input is invalid)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.bootstrap_resamples < 0:
+        parser.error(f"--bootstrap-resamples must be >= 0, got {args.bootstrap_resamples}")
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -107,6 +147,7 @@ def main(argv: list[str]) -> int:
             title=args.title or f"external table {args.external.name}",
             extra={"external": info},
             truths=[info["truth"]],
+            n_resamples=args.bootstrap_resamples,
         )
         _print_table(summary, info["truth"])
         console.print(f"report written to [bold]{out / 'report.md'}[/bold]")
@@ -152,6 +193,7 @@ def main(argv: list[str]) -> int:
                     "failed": run.failed,
                     "estimators": run.estimators,
                 },
+                n_resamples=args.bootstrap_resamples,
             )
     except Interrupted as err:
         raise TTAInterrupted(

@@ -2,7 +2,8 @@
 
 - :mod:`tta.benchmark.config`: the benchmark config (backbones, tasks, pairs or a grid, fit settings).
 - :mod:`tta.benchmark.runner`: the resumable loop: features → bound → estimators → ground truth.
-- :mod:`tta.benchmark.metrics`: Pearson r, Kendall τ, weighted τ_w, rel@k.
+- :mod:`tta.benchmark.metrics`: Pearson r, Kendall τ, weighted τ_w (pooled and mean per target, with
+  bootstrap intervals), rel@k.
 - :mod:`tta.benchmark.report`: tidy CSV/Parquet, JSON summary, Markdown report and figures.
 - :mod:`tta.benchmark.external`: evaluate an external table of scores and ground truth.
 - :mod:`tta.benchmark.rank`: rank a model zoo (or reference tasks) for one target by the bound.
@@ -20,7 +21,15 @@ from tta.benchmark.config import (
     PairSpec,
     load_config,
 )
-from tta.benchmark.metrics import correlations, kendall_tau, pearson, rel_at_k, weighted_tau
+from tta.benchmark.metrics import (
+    correlations,
+    kendall_tau,
+    mean_weighted_tau,
+    pearson,
+    rel_at_k,
+    weighted_tau,
+    weighted_tau_interval,
+)
 
 __all__ = [
     "BackboneSpec",
@@ -31,7 +40,9 @@ __all__ = [
     "correlations",
     "kendall_tau",
     "load_config",
+    "mean_weighted_tau",
     "pearson",
     "rel_at_k",
     "weighted_tau",
+    "weighted_tau_interval",
 ]

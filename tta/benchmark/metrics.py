@@ -11,6 +11,14 @@ Conventions (stated in every report):
   top candidates count most), the convention of most transferability papers.
 * ``rel@k`` = best ground truth among the k top-scored candidates / best ground truth overall (for a
   positive ground truth such as accuracy).
+* ``mean_weighted_tau`` is the literature's figure: τ_w per target over that target's candidates,
+  averaged over the targets where it is defined (at least three candidates, neither score nor truth
+  constant).
+* Intervals are percentile bootstraps (``scipy.stats.bootstrap(..., method="percentile")``) at
+  :data:`CONFIDENCE_LEVEL`, :data:`N_RESAMPLES` resamples from ``numpy.random.default_rng``
+  (:data:`BOOTSTRAP_SEED`): the pooled τ_w resamples (score, truth) **pairs**, the mean per-target τ_w
+  resamples **targets** (their per-target τ_w values). Resamples on which τ_w is undefined (every
+  resampled score or truth equal) are left out of the percentiles.
 
 Fewer than three candidates, or a constant score or truth, give ``nan`` correlations (never a number
 that carries no information).
@@ -20,12 +28,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["correlations", "kendall_tau", "pearson", "rel_at_k", "weighted_tau"]
+__all__ = [
+    "BOOTSTRAP_SEED",
+    "CONFIDENCE_LEVEL",
+    "N_RESAMPLES",
+    "correlations",
+    "kendall_tau",
+    "mean_weighted_tau",
+    "pearson",
+    "rel_at_k",
+    "weighted_tau",
+    "weighted_tau_interval",
+]
 
 MIN_CANDIDATES = 3
+
+#: Confidence level of every bootstrap interval.
+CONFIDENCE_LEVEL = 0.95
+#: Bootstrap resamples per interval (the default of ``tta benchmark --bootstrap-resamples``).
+N_RESAMPLES = 1000
+#: Seed of ``numpy.random.default_rng`` for every bootstrap (the same resamples for every estimator).
+BOOTSTRAP_SEED = 0
 
 
 def _arrays(score: Sequence[float], truth: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -68,6 +95,131 @@ def weighted_tau(score: Sequence[float], truth: Sequence[float]) -> float:
     from scipy.stats import weightedtau
 
     return float(weightedtau(*arrays)[0])
+
+
+def _bootstrap(
+    data: tuple[np.ndarray, ...],
+    statistic: Any,
+    *,
+    paired: bool,
+    vectorized: bool,
+    confidence_level: float,
+    n_resamples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval by ``scipy.stats.bootstrap``; undefined resamples left out."""
+    import inspect
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    generator = np.random.default_rng(seed)
+    key = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"  # SciPy < 1.15
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate (constant) distributions are expected here
+        result = bootstrap(
+            data,
+            statistic,
+            paired=paired,
+            vectorized=vectorized,
+            n_resamples=n_resamples,
+            confidence_level=confidence_level,
+            method="percentile",
+            **{key: generator},
+        )
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if math.isfinite(low) and math.isfinite(high):
+        return low, high
+    values = np.asarray(result.bootstrap_distribution, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    tail = 50.0 * (1.0 - confidence_level)
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def weighted_tau_interval(
+    score: Sequence[float],
+    truth: Sequence[float],
+    *,
+    confidence_level: float = CONFIDENCE_LEVEL,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Bootstrap interval of :func:`weighted_tau`, resampling the finite (score, truth) pairs.
+
+    Args:
+        score: Aligned scores, one per candidate.
+        truth: Oriented ground truth, one per candidate.
+        confidence_level: Confidence level of the interval.
+        n_resamples: Bootstrap resamples; 0 skips the interval.
+        seed: Seed of ``numpy.random.default_rng``.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` where τ_w itself is undefined or ``n_resamples`` is 0.
+    """
+    arrays = _arrays(score, truth)
+    if arrays is None or n_resamples < 1:
+        return math.nan, math.nan
+    from scipy.stats import weightedtau
+
+    def statistic(s: np.ndarray, t: np.ndarray) -> float:
+        if np.ptp(s) == 0 or np.ptp(t) == 0:
+            return math.nan
+        return float(weightedtau(s, t)[0])
+
+    return _bootstrap(
+        arrays,
+        statistic,
+        paired=True,
+        vectorized=False,
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def mean_weighted_tau(
+    per_target: Sequence[float],
+    *,
+    confidence_level: float = CONFIDENCE_LEVEL,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float]:
+    """The mean of per-target τ_w values with a bootstrap interval resampling targets.
+
+    Args:
+        per_target: One τ_w per target (:func:`weighted_tau` over that target's candidates); ``nan``
+            entries (fewer than three candidates, a constant score or truth) are left out.
+        confidence_level: Confidence level of the interval.
+        n_resamples: Bootstrap resamples; 0 skips the interval.
+        seed: Seed of ``numpy.random.default_rng``.
+
+    Returns:
+        ``{"mean_weighted_tau", "mean_weighted_tau_low", "mean_weighted_tau_high",
+        "mean_weighted_tau_targets"}``: the mean (``nan`` without any defined target), the interval
+        (``nan`` with fewer than two targets or ``n_resamples`` 0) and the number of targets averaged.
+    """
+    values = np.asarray([v for v in per_target if math.isfinite(v)], dtype=np.float64)
+    mean = float(values.mean()) if values.size else math.nan
+    low = high = math.nan
+    if values.size >= 2 and n_resamples >= 1:
+        low, high = _bootstrap(
+            (values,),
+            np.mean,
+            paired=False,
+            vectorized=True,
+            confidence_level=confidence_level,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+    return {
+        "mean_weighted_tau": mean,
+        "mean_weighted_tau_low": low,
+        "mean_weighted_tau_high": high,
+        "mean_weighted_tau_targets": int(values.size),
+    }
 
 
 def rel_at_k(score: Sequence[float], truth: Sequence[float], k: int) -> float:

@@ -7,8 +7,11 @@ Files written by :func:`write_report` into the output directory:
   score, status/reason and every ground-truth column;
 - ``pairs.csv``: one row per pair: the bound, its three terms, the ground truth, stage timings;
 - ``correlations.csv``: per estimator × ground truth × group (each target, and ``pooled``) the
-  Pearson r, Kendall τ, weighted τ_w, rel@1 and rel@3 (see :mod:`tta.benchmark.metrics`);
-- ``summary.json``: the correlation table, timings, skipped/failed estimators and the conventions;
+  Pearson r, Kendall τ, weighted τ_w, rel@1 and rel@3 (see :mod:`tta.benchmark.metrics`); the pooled
+  rows add the τ_w bootstrap interval (resampling pairs) and the mean per-target τ_w with its
+  interval (resampling targets) and the number of targets averaged;
+- ``summary.json``: the correlation table, timings, skipped/failed estimators, the conventions and
+  the bootstrap settings;
 - ``report.md`` with ``scatter_bound_vs_ce.png``, ``bound_decomposition.png`` and
   ``correlations.png``.
 """
@@ -22,13 +25,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tta.benchmark.metrics import correlations
+from tta.benchmark.metrics import (
+    BOOTSTRAP_SEED,
+    CONFIDENCE_LEVEL,
+    N_RESAMPLES,
+    correlations,
+    mean_weighted_tau,
+    weighted_tau_interval,
+)
 from tta.results import write_json_atomic
 
 __all__ = [
     "BOUND",
     "CONVENTIONS",
     "TRUTHS",
+    "bootstrap_settings",
     "correlation_table",
     "pair_rows",
     "score_rows",
@@ -55,8 +66,24 @@ CONVENTIONS = (
     "rank=True: the average of the weighings by score and by truth; top ranks count most). "
     "rel@k = best accuracy among the k top-scored candidates / best accuracy of the target; "
     "'pooled' correlations use every pair together, pooled rel@k is the mean over targets. "
-    "Fewer than 3 candidates or a constant score gives nan."
+    "The mean per-target τ_w (the literature's figure) averages τ_w over the targets where it is "
+    "defined (at least 3 candidates). Intervals: percentile bootstrap (scipy.stats.bootstrap, "
+    f"{CONFIDENCE_LEVEL:.0%} confidence, numpy default_rng seed {BOOTSTRAP_SEED}); the pooled τ_w "
+    "resamples pairs, the mean per-target τ_w resamples targets; resamples where τ_w is undefined are "
+    "left out. Fewer than 3 candidates or a constant score gives nan."
 )
+
+
+def bootstrap_settings(n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
+    """The bootstrap settings recorded in ``summary.json`` (and stated in the report)."""
+    return {
+        "method": "percentile (scipy.stats.bootstrap)",
+        "confidence_level": CONFIDENCE_LEVEL,
+        "n_resamples": n_resamples,
+        "seed": BOOTSTRAP_SEED,
+        "weighted_tau_unit": "pairs (every (score, truth) pair of the estimator, all targets)",
+        "mean_weighted_tau_unit": "targets (their per-target τ_w; targets with at least 3 candidates)",
+    }
 
 
 def _aligned(value: float | None, higher_is_better: bool) -> float:
@@ -129,13 +156,22 @@ def pair_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def correlation_table(rows: Sequence[dict[str, Any]], truths: Iterable[str] | None = None) -> list[dict]:
+def correlation_table(
+    rows: Sequence[dict[str, Any]],
+    truths: Iterable[str] | None = None,
+    n_resamples: int = N_RESAMPLES,
+) -> list[dict]:
     """Correlation metrics per estimator × truth × group (every target, then ``pooled``).
+
+    The ``pooled`` rows also carry ``weighted_tau_low``/``_high`` (bootstrap over pairs) and
+    ``mean_weighted_tau`` with ``_low``/``_high`` (bootstrap over targets) and ``_targets`` (how many
+    targets were averaged); see :mod:`tta.benchmark.metrics`.
 
     Args:
         rows: Tidy rows with ``target``, ``estimator``, ``aligned_score`` and the truth columns.
         truths: Truth columns to use (default: those of :data:`TRUTHS` present in the rows); a column
             not in :data:`TRUTHS` is taken as higher-is-better.
+        n_resamples: Bootstrap resamples per interval; 0 leaves the intervals ``nan``.
     """
     if not rows:
         return []
@@ -157,10 +193,14 @@ def correlation_table(rows: Sequence[dict[str, Any]], truths: Iterable[str] | No
                 m = correlations([r["aligned_score"] for r in group], [truth_of(r) for r in group])
                 per_target.append(m)
                 table.append({"estimator": est, "truth": truth, "group": target, **m})
-            pooled = correlations([r["aligned_score"] for r in mine], [truth_of(r) for r in mine])
+            scores, truth_values = [r["aligned_score"] for r in mine], [truth_of(r) for r in mine]
+            pooled = correlations(scores, truth_values)
             for k in ("rel@1", "rel@3"):
                 values = [m[k] for m in per_target if math.isfinite(m[k])]
                 pooled[k] = statistics.fmean(values) if values else math.nan
+            low, high = weighted_tau_interval(scores, truth_values, n_resamples=n_resamples)
+            pooled["weighted_tau_low"], pooled["weighted_tau_high"] = low, high
+            pooled.update(mean_weighted_tau([m["weighted_tau"] for m in per_target], n_resamples=n_resamples))
             table.append({"estimator": est, "truth": truth, "group": "pooled", **pooled})
     return table
 
@@ -282,22 +322,30 @@ def correlation_figure(table: Sequence[dict[str, Any]], truth: str, path: Path) 
     return path
 
 
+def interval_text(value: float, low: float, high: float, digits: int = 3) -> str:
+    """``"0.812 [0.601, 0.934]"``; the bracket is left out when the interval is undefined."""
+    text = _fmt(value, digits)
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
+
+
 def _summary_rows(table: Sequence[dict[str, Any]], truth: str) -> list[list[Any]]:
     rows = []
     for r in table:
         if r["group"] != "pooled" or r["truth"] != truth:
             continue
-        per_target = [x for x in table if x["estimator"] == r["estimator"] and x["truth"] == truth]
-        per_target = [x for x in per_target if x["group"] != "pooled" and math.isfinite(x["weighted_tau"])]
-        mean_tw = statistics.fmean(x["weighted_tau"] for x in per_target) if per_target else math.nan
         rows.append(
             [
                 r["estimator"],
                 r["n"],
                 r["pearson"],
                 r["kendall_tau"],
-                r["weighted_tau"],
-                mean_tw,
+                interval_text(r["weighted_tau"], r["weighted_tau_low"], r["weighted_tau_high"]),
+                interval_text(
+                    r["mean_weighted_tau"], r["mean_weighted_tau_low"], r["mean_weighted_tau_high"]
+                ),
+                r["mean_weighted_tau_targets"],
                 r["rel@1"],
                 r["rel@3"],
             ]
@@ -312,6 +360,7 @@ def write_report(
     title: str = "benchmark",
     extra: dict[str, Any] | None = None,
     truths: Sequence[str] | None = None,
+    n_resamples: int = N_RESAMPLES,
 ) -> dict[str, Any]:
     """Write every output of a benchmark (from pair records, or from tidy rows of an external table).
 
@@ -323,6 +372,7 @@ def write_report(
         title: Report title.
         extra: Extra entries of the JSON summary (failures, resumed pairs, ...).
         truths: Ground-truth columns (default: those of :data:`TRUTHS` present in the rows).
+        n_resamples: Bootstrap resamples per τ_w interval (0: no intervals).
 
     Returns:
         The summary (also written as ``summary.json``).
@@ -339,7 +389,7 @@ def write_report(
     if parquet is not None:
         files["scores_parquet"] = str(parquet)
     truth_names = list(truths) if truths is not None else [t for t in TRUTHS if rows and t in rows[0]]
-    table = correlation_table(rows, truth_names)
+    table = correlation_table(rows, truth_names, n_resamples=n_resamples)
     files["correlations_csv"] = str(write_csv(out / "correlations.csv", table))
     primary = truth_names[0] if truth_names else None
     figures: dict[str, str] = {}
@@ -361,6 +411,7 @@ def write_report(
     summary: dict[str, Any] = {
         "title": title,
         "conventions": CONVENTIONS,
+        "bootstrap": bootstrap_settings(n_resamples),
         "num_pairs": len(records)
         if records is not None
         else len({(r.get("backbone"), r["target"]) for r in rows}),
@@ -388,12 +439,26 @@ def _markdown(
     truths: Sequence[str],
 ) -> str:
     parts = [f"# {summary['title']}", "", f"**Conventions.** {summary['conventions']}", ""]
-    header = ["estimator", "n", "Pearson r", "Kendall τ", "τ_w", "mean per-target τ_w", "rel@1", "rel@3"]
+    boot = summary["bootstrap"]
+    level = f"{boot['confidence_level']:.0%}"
+    header = [
+        "estimator",
+        "n",
+        "Pearson r",
+        "Kendall τ",
+        f"pooled τ_w [{level} CI]",
+        f"mean per-target τ_w [{level} CI]",
+        "targets",
+        "rel@1",
+        "rel@3",
+    ]
     for truth in truths:
         parts += [
-            f"## Pooled correlations with `{truth}`",
+            f"## Correlations with `{truth}`: pooled and mean per target",
             "",
-            f"Ground truth: {summary['truths'].get(truth, truth)}.",
+            f"Ground truth: {summary['truths'].get(truth, truth)}. Intervals: {level} percentile bootstrap "
+            f"({boot['n_resamples']} resamples, seed {boot['seed']}) over pairs for the pooled τ_w and over "
+            "targets (those with at least 3 candidates, counted in `targets`) for the mean per-target τ_w.",
             "",
             _md_table(header, _summary_rows(table, truth)),
             "",

@@ -16,11 +16,18 @@ ArrayLike = Any  # torch.Tensor | np.ndarray | nested sequences of numbers
 
 
 def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
-    """``x`` as a torch tensor, without copying when it already is one."""
+    """``x`` as a torch tensor, without copying when it already is one.
+
+    A NumPy array is shared when torch can view it; a view with a negative stride (``np.flip(x)``,
+    ``x[::-1]``), which torch cannot represent, is copied first.
+    """
     if isinstance(x, torch.Tensor):
         return x.detach()
     try:
-        return torch.as_tensor(np.asarray(x))
+        arr = np.asarray(x)
+        if any(stride < 0 for stride in arr.strides):
+            arr = np.ascontiguousarray(arr)
+        return torch.as_tensor(arr)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name} could not be converted to a tensor: {err}") from err
 

@@ -60,8 +60,12 @@ def gbc(
     .. math::
         \mathrm{GBC} = -\sum_{i \ne j} \mathrm{BC}(i, j), \qquad \mathrm{BC}(i, j) = e^{-D_B(i, j)},
 
-    so :math:`-C(C-1) \le \mathrm{GBC} \le 0`, 0 for perfectly separated classes. The value depends
-    strongly on the dimension; [1]_ projects on the top principal components first (``pca_dim``).
+    so :math:`-C(C-1) \le \mathrm{GBC} \le 0`, tending to 0 as the classes separate. The off-diagonal
+    terms are summed directly in float64, so separated classes keep distinct, strictly negative scores
+    while some :math:`e^{-D_B(i, j)}` is representable; only when every :math:`D_B(i, j)` exceeds about
+    745 do they all underflow to 0. The value depends strongly on the dimension; [1]_ projects on the
+    top principal components first (``pca_dim``). It is scale-free while no variance reaches the
+    absolute ``min_variance`` floor.
 
     Cost: :math:`O(nD + C^2 D)` (plus :math:`O(nD\min(n, D))` for the optional PCA).
 
@@ -92,6 +96,9 @@ def gbc(
     if gaussian_type == "spherical":
         variances = variances.mean(dim=1, keepdim=True).expand_as(means)
     variances = variances.clamp_min(min_variance)
-    overlap = torch.exp(-bhattacharyya_distances(means, variances))
-    off_diagonal = overlap.sum() - torch.diagonal(overlap).sum()
-    return 0.0 - float(off_diagonal)  # 0.0, not -0.0, for separated classes
+    distances = bhattacharyya_distances(means, variances)
+    off_diagonal = ~torch.eye(num_classes, dtype=torch.bool, device=distances.device)
+    # the off-diagonal terms summed directly: subtracting the diagonal's C ones from a total would round
+    # every overlap below C·eps to exactly 0, so that well-separated configurations tie
+    overlap = torch.exp(-distances[off_diagonal]).sum()
+    return 0.0 - float(overlap)  # 0.0, not -0.0, when every overlap underflows (D_B > ~745)

@@ -60,6 +60,9 @@ def ncti_terms(
     posterior rows ``(n_c, C)`` of class :math:`c`. A larger :math:`S_{\mathrm{seli}}` means closer to
     the simplex-encoded-label-interpolation geometry [3]_; a larger :math:`S_{\mathrm{ncc}}`, a better
     nearest-centre classifier; a larger :math:`S_{\mathrm{vc}}`, less within-class collapse.
+    The coefficient :math:`\lambda` is absolute in the variances, so models whose top 32 explained
+    variances sum to less than about 23 are shrunk more when their features are scaled down; above
+    that :math:`\lambda` sits at its floor and the terms are scale-free.
 
     Args:
         x: Features ``(n, D)`` (float64).
@@ -136,7 +139,9 @@ def etran(features: Sequence[ArrayLike], labels: ArrayLike, *, temperature: floa
         \mathrm{ETran}_m = \mathcal N(S_{\mathrm{en}})_m + \mathcal N(S_{\mathrm{lda}})_m \in [0, 2],
 
     with :math:`\mathcal N` the min–max normalisation across the pool (0 when all are equal). The
-    energy score averages over all samples (the detection variant's SVD term is not included).
+    energy score averages over all samples (the detection variant's SVD term is not included). It
+    is not scale-free (the temperature is absolute), so neither is the ranking of a pool whose members
+    have different feature scales.
 
     Cost: per model :math:`O(nD^2 + D^3)`.
 
@@ -156,5 +161,8 @@ def etran(features: Sequence[ArrayLike], labels: ArrayLike, *, temperature: floa
         raise ValueError(f"temperature must be > 0, got {temperature}")
     mats, y, num_classes = check_pool(features, labels, "etran")
     energy = [float((temperature * torch.logsumexp(x / temperature, dim=1)).mean()) for x in mats]
-    lda = [_true_class_mean(fisher_posteriors(x, y.to(x.device), num_classes), y.to(x.device)) for x in mats]
+    lda = []
+    for x in mats:
+        posteriors, _ = fisher_posteriors(x, y.to(x.device), num_classes)
+        lda.append(_true_class_mean(posteriors, y.to(x.device)))
     return [e + a for e, a in zip(min_max(energy), min_max(lda))]

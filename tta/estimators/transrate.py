@@ -73,6 +73,11 @@ def transrate(features: ArrayLike, labels: ArrayLike, *, eps: float = 1e-4) -> f
     :math:`m` the number of rows of the matrix coded (:func:`coding_rate`; each term uses the
     :math:`m \times m` Gram form when :math:`m < D`).
 
+    Not scale-free: :math:`\varepsilon` is absolute, so features scaled by :math:`c` code at distortion
+    :math:`\varepsilon/c^2`. The score settles once :math:`\varepsilon` is small against the class
+    scatter (the :math:`\log c` terms cancel between :math:`R(Z)` and the class rates) and falls for
+    small-valued features (×0.01 of the seeded test blobs: 0.11 instead of 0.35).
+
     Cost: :math:`O(nD\min(n, D) + \min(n, D)^3)` for :math:`R(Z)`, plus the same per class.
 
     Args:
