@@ -10,7 +10,7 @@ from tta._rank_cli import main as rank_main
 from tta._rank_cli import parse_backbone_item, parse_task_item
 from tta.benchmark.config import BackboneSpec, BenchmarkConfig, PairSpec, parse_model_settings
 from tta.benchmark.labelfree import has_labels, kmeans_pseudo_labels, with_target_labels
-from tta.benchmark.rank import explain, rank_candidates
+from tta.benchmark.rank import explain, rank_candidates, separation
 from tta.data.datamodule import FeaturePair, standardise
 from tta.data.tasks import TaskSpec
 
@@ -83,6 +83,27 @@ def _pairs(names):
     return [PairSpec(n, BackboneSpec("none"), "ref", task, "tgt", task) for n in names]
 
 
+def test_separation_names_the_term_whose_difference_decides():
+    """Equal source losses, different distribution terms: the distribution term separates them."""
+    better = {
+        "candidate": "a",
+        "bound": 2.702,
+        "terms": {"weighted_source_loss": 2.023, "conditional_entropy": 0.09, "tau_w1": 0.589},
+    }
+    worse = {
+        "candidate": "b",
+        "bound": 3.255,
+        "terms": {"weighted_source_loss": 2.031, "conditional_entropy": 0.064, "tau_w1": 1.16},
+    }
+    key, diff, text = separation(better, worse)
+    assert key == "tau_w1" and diff == pytest.approx(0.571)
+    assert text.startswith("0.553 below b: τ·W₁ decides (0.589 vs 1.160)")
+    assert "source loss 2.023 vs 2.031" in text and "H(Y_T|Y_S) 0.090 vs 0.064" in text
+    assert (
+        explain(better["terms"])[0] == explain(worse["terms"])[0] == "weighted_source_loss"
+    )  # the old "why"
+
+
 def test_rank_candidates_sorts_by_bound_and_goes_label_free_without_labels(tmp_path):
     config = _config(tmp_path)
     feats = [_pair_features(0.2), _pair_features(8.0)]  # the second target is well separated
@@ -93,7 +114,14 @@ def test_rank_candidates_sorts_by_bound_and_goes_label_free_without_labels(tmp_p
     for r in ranking.records:
         t = r["terms"]
         assert r["bound"] == pytest.approx(t["weighted_source_loss"] + t["conditional_entropy"] + t["tau_w1"])
-        assert r["why"] == explain(t)[2]
+        assert (r["dominant_term"], r["why"] if r["rank"] == 2 else None) == (
+            explain(t)[0],
+            f"last; {explain(t)[2]}" if r["rank"] == 2 else None,
+        )
+    first, second = ranking.records
+    assert first["why"] == separation(first, second)[2] and first["why"].startswith(
+        f"{second['bound'] - first['bound']:.3f} below"
+    )
     by = {r["candidate"]: r for r in ranking.records}
     assert by["separated"]["ground_truth"]["probe_acc"] > by["blurry"]["ground_truth"]["probe_acc"]
 

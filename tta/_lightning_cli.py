@@ -20,7 +20,7 @@ from tta.data.datamodule import TaskPairDataModule
 from tta.errors import TTAError, TTAInterrupted
 from tta.modules.analysis import TaskTransferAnalysis
 from tta.modules.interrupt import InterruptCallback, Interrupted, SignalGuard
-from tta.results import AnalysisResult, config_hash, format_result, versions, write_json_atomic
+from tta.results import AnalysisResult, config_hash, format_result, reading, versions, write_json_atomic
 
 __all__ = ["RESUME_DIR", "TTACLI", "run"]
 
@@ -269,6 +269,7 @@ class TTACLI(LightningCLI):
 
         console = Console()
         console.print(format_result(result))
+        console.print(reading(result))
         console.print(f"result written to [bold]{path}[/bold]  (config hash {record['config_hash']})")
 
 

@@ -157,6 +157,13 @@ def main(argv: list[str]) -> int:
     out.print(term_legend(), highlight=False)
     best = ranking.records[0]
     out.print(f"best candidate: [bold]{best['candidate']}[/bold] (bound {best['bound']:.3f}); {best['why']}")
+    if best.get("vacuous"):
+        out.print(
+            f"note: the best bound {best['bound']:.3f} is above the trivial level "
+            f"{best['trivial_level']:.3f} "
+            "(predicting the target prior): as a certificate it is vacuous; the ranking still compares "
+            "the candidates' bounds"
+        )
     if args.json is not None:
         from tta.results import write_json_atomic
 

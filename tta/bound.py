@@ -45,6 +45,7 @@ __all__ = [
     "gradient_norms",
     "importance_weighted_loss",
     "inverse_penalty",
+    "label_entropy",
     "label_prior",
     "lipschitz_constant",
     "log_floor",
@@ -110,6 +111,23 @@ def label_prior(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.flo
     r"""Empirical class prior :math:`\hat p(k) = n_k / n`, shape ``(K,)``."""
     counts = class_counts(labels, num_classes).to(dtype)
     return counts / counts.sum()
+
+
+def label_entropy(prior: Tensor) -> Tensor:
+    r"""The trivial level: the cross-entropy of predicting the class prior itself.
+
+    .. math:: H(p) = -\sum_k p_k \log p_k
+
+    No classifier that uses the features needs to do worse than this (``log K`` for a balanced prior), so
+    a bound at or above it is vacuous.
+
+    Args:
+        prior: A class prior on the simplex, shape ``(K,)``.
+
+    Returns:
+        Scalar, in nats.
+    """
+    return -torch.special.xlogy(prior, prior).sum()
 
 
 def class_mean_losses(losses: Tensor, labels: Tensor, num_classes: int) -> Tensor:

@@ -2,21 +2,31 @@
 
 Each candidate is one (backbone, reference, target) pair fitted exactly as in the benchmark
 (:func:`tta.benchmark.runner.run_pair`, no baseline estimators). Lower bound = better candidate. Each
-row says *why* through the share of the three terms in the bound (:func:`explain`): the weighted
-source loss (the reference classifier itself is poor on its own task), the label mismatch
-H(Y_T|Y_S) (the target's classes do not map onto the reference's), or the feature distance τ̂·W₁ (the
-target's features sit far from the transformed reference's).
+row says *why* it ranks above the next one (:func:`separation`): the term whose difference contributes
+most to the difference of the bounds, with both values — the weighted source loss (the reference
+classifier itself is poor on its own task), the label mismatch H(Y_T|Y_S) (the target's classes do not
+map onto the reference's), or the feature distance τ̂·W₁ (the target's features sit far from the
+transformed reference's). :func:`explain` gives the term that dominates one bound.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tta.benchmark.config import BenchmarkConfig, PairSpec
 
-__all__ = ["TERM_LABELS", "Ranking", "explain", "rank_candidates", "ranking_table", "term_legend"]
+__all__ = [
+    "TERM_LABELS",
+    "Ranking",
+    "explain",
+    "rank_candidates",
+    "ranking_table",
+    "separation",
+    "term_legend",
+]
 
 #: The bound's terms: record key -> (short label, "why" phrase, what it means when it dominates).
 TERM_LABELS: dict[str, tuple[str, str, str]] = {
@@ -53,6 +63,35 @@ def explain(terms: dict[str, float]) -> tuple[str, float, str]:
     key = max(parts, key=lambda k: parts[k])
     share = parts[key] / total if total > 0 else 0.0
     return key, share, f"{TERM_LABELS[key][1]} ({share:.0%} of the bound)"
+
+
+def separation(better: dict[str, Any], worse: dict[str, Any]) -> tuple[str, float, str]:
+    """Which term decides that ``better`` ranks above ``worse``, and a sentence with the numbers.
+
+    The bound's difference is the sum of the terms' differences; the deciding term is the one whose
+    difference contributes most to it (the largest ``worse - better``).
+
+    Args:
+        better: The record ranked higher (lower bound); ``terms`` and ``candidate``.
+        worse: The record ranked just below it.
+
+    Returns:
+        ``(term key, its difference, text)``; the text reads e.g. ``"0.553 below lite0_112: the
+        distribution mismatch τ·W₁ decides (0.590 vs 1.160); source loss 2.023 vs 2.031"``.
+    """
+    diffs = {k: float(worse["terms"][k]) - float(better["terms"][k]) for k in TERM_LABELS}
+    key = max(diffs, key=lambda k: diffs[k])
+    gap = float(worse["bound"]) - float(better["bound"])
+    others = "; ".join(
+        f"{TERM_LABELS[k][0]} {float(better['terms'][k]):.3f} vs {float(worse['terms'][k]):.3f}"
+        for k in TERM_LABELS
+        if k != key
+    )
+    text = (
+        f"{gap:.3f} below {worse['candidate']}: {TERM_LABELS[key][0]} decides "
+        f"({float(better['terms'][key]):.3f} vs {float(worse['terms'][key]):.3f}); {others}"
+    )
+    return key, diffs[key], text
 
 
 @dataclass
@@ -145,6 +184,12 @@ def rank_candidates(
     records.sort(key=lambda r: r["bound"])
     for i, r in enumerate(records, start=1):
         r["rank"] = i
+    for better, worse in itertools.pairwise(records):  # what separates each candidate from the next
+        key, diff, text = separation(better, worse)
+        better["separated_by"], better["separation"], better["why"] = key, diff, text
+    if records:
+        last = records[-1]
+        last["why"] = f"last; {last['why']}" if len(records) > 1 else last["why"]
     return Ranking(records=records, kind=kind, label_free=notes[0] if notes else None)
 
 
@@ -158,20 +203,21 @@ def ranking_table(ranking: Ranking, target: str) -> Any:
             f"\nLABEL-FREE: pseudo-labels from {ranking.label_free['method']}, k={ranking.label_free['k']}"
         )
     table = Table(title=title, show_lines=False)
-    for col in ("rank", "candidate", "bound", "source loss", "H(Y_T|Y_S)", "τ·W₁"):
+    for col in ("rank", "candidate", "bound", "trivial", "source loss", "H(Y_T|Y_S)", "τ·W₁"):
         table.add_column(
             col,
             justify="left" if col == "candidate" else "right",
         )
     if not ranking.label_free:
         table.add_column("probe acc", justify="right")
-    table.add_column("why", ratio=1, min_width=12)
+    table.add_column("why (what separates it from the next)", ratio=1, min_width=12)
     for r in ranking.records:
         t = r["terms"]
         row = [
             str(r["rank"]),
             r["candidate"],
-            f"{r['bound']:.3f}",
+            f"{r['bound']:.3f}" + (" (vacuous)" if r.get("vacuous") else ""),
+            "" if r.get("trivial_level") is None else f"{r['trivial_level']:.3f}",
             f"{t['weighted_source_loss']:.3f}",
             f"{t['conditional_entropy']:.3f}",
             f"{t['tau_w1']:.3f}",

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: Per-pair stages whose wall-clock seconds every record carries.
 FIT_STAGES = ("features", "bound", "estimators", "ground_truth")
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: trivial level and vacuity; the fixed SFDA/GBC (earlier records are recomputed)
 
 
 def estimator_names(selected: Iterable[str] | None = None) -> list[str]:
@@ -280,6 +280,8 @@ def run_pair(
         "reference_spec": asdict(pair.reference),
         "target_spec": asdict(pair.target),
         "bound": result.bound,
+        "trivial_level": result.report.trivial_level,
+        "vacuous": result.report.vacuous,
         "terms": result.report.terms,
         "ground_truth": _ground_truth(result),
         "gap": result.gap,

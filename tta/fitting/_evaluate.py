@@ -141,8 +141,9 @@ def evaluate_bound(
         u = [(x - t.shift) @ inverse.T, (z_t - t.shift) @ inverse.T]
         tau = B.lipschitz_constant(u, w, c, log_b)
     terms = B.bound_terms(term1, entropy, tau, w1)
+    trivial = float(B.label_entropy(B.label_prior(y_t, k_t, dtype=torch.float64)))
     if terms_only:
-        return BoundReport(**terms.to_dict(), distance=_plain(distance_info))
+        return BoundReport(**terms.to_dict(), trivial_level=trivial, distance=_plain(distance_info))
     tau_global = float(B.global_lipschitz_bound(w, inverse))
 
     log_q_target = B.transformed_log_probs(z_t, w, c, log_b, inverse, t.shift)
@@ -163,6 +164,7 @@ def evaluate_bound(
         extra.update(t.diagnostics())
     return BoundReport(
         **terms.to_dict(),
+        trivial_level=trivial,
         tau_global=tau_global,
         bound_certified=rest + tau_global * terms.w1,
         tau_learned_inverse=tau_learned,

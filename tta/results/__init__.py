@@ -6,17 +6,19 @@ is the body of ``result.json`` (with ``schema_version``) and :meth:`~AnalysisRes
 back. :func:`write_json_atomic`, :func:`versions` and :func:`config_hash` write the record of a run.
 """
 
-from tta.results._record import config_hash, format_result, versions, write_json_atomic
+from tta.results._record import TERM_ADVICE, config_hash, format_result, reading, versions, write_json_atomic
 from tta.results._types import SCHEMA_VERSION, AnalysisResult, BoundReport, ClassifierMetrics, ConditionRecord
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TERM_ADVICE",
     "AnalysisResult",
     "BoundReport",
     "ClassifierMetrics",
     "ConditionRecord",
     "config_hash",
     "format_result",
+    "reading",
     "versions",
     "write_json_atomic",
 ]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tta.results._types import AnalysisResult
 
-__all__ = ["config_hash", "format_result", "versions", "write_json_atomic"]
+__all__ = ["TERM_ADVICE", "config_hash", "format_result", "reading", "versions", "write_json_atomic"]
 
 _PACKAGES = (
     "task-transfer-analysis",
@@ -116,6 +116,7 @@ def format_result(result: AnalysisResult) -> Any:
         ("W₁(transformed reference, target)", report.w1),
         ("distribution mismatch  τ̂·W₁", report.tau_w1),
         ("bound (sum)", result.bound),
+        ("trivial level H(p_T) (predicting the target prior)", report.trivial_level),
         ("target CE of transformed classifier h'''", result.transformed_classifier.target_ce),
         ("target accuracy of h'''", result.transformed_classifier.target_acc),
         ("target CE of τ-penalised probe (transferability)", result.probe.target_ce),
@@ -125,7 +126,12 @@ def format_result(result: AnalysisResult) -> Any:
         ("gap  bound − probe CE", result.gap),
     ]
     for name, value in rows:
-        table.add_row(name, f"{value:.4f}")
+        if value is not None:
+            table.add_row(name, f"{value:.4f}")
+    if report.vacuous:
+        table.add_row(
+            "[bold red]vacuous[/bold red]", "[red]bound ≥ trivial level: it certifies nothing[/red]"
+        )
     if report.cond_A is not None:
         table.add_row("cond(A)", f"{report.cond_A:.3g}")
     stopped = result.numerics.stopped_ill_conditioned_at
@@ -134,3 +140,51 @@ def format_result(result: AnalysisResult) -> Any:
     for message in result.warnings:  # numerical warnings of the run (NumericalWarning, solvers)
         table.add_row("[bold yellow]warning[/bold yellow]", f"[yellow]{message}[/yellow]")
     return table
+
+
+#: Per term of the bound: its name in a sentence, and what to act on when it is the largest.
+TERM_ADVICE: dict[str, tuple[str, str]] = {
+    "weighted_source_loss": (
+        "the reference loss",
+        "the reference classifier h_S is weak on its own task: train it longer or less constrained "
+        "(model.source_head.steps, .tau), or use a reference task this backbone separates better",
+    ),
+    "conditional_entropy": (
+        "the label mismatch H(Y_T|Y_S)",
+        "the target's classes do not map one-to-one onto the reference's: use a reference task whose "
+        "classes correspond to the target's",
+    ),
+    "tau_w1": (
+        "the distribution mismatch",
+        "the target features sit far from the transformed reference: give the transform more steps "
+        "(model.transform.steps) or use a reference task closer to the target",
+    ),
+}
+
+
+def reading(result: AnalysisResult) -> str:
+    """A plain reading of a result: the bound against the trivial level and the probes; what to act on."""
+    report = result.report
+    terms = {k: max(float(getattr(report, k)), 0.0) for k in TERM_ADVICE}
+    key = max(terms, key=lambda k: terms[k])
+    share = terms[key] / result.bound if result.bound > 0 else 0.0
+    name, advice = TERM_ADVICE[key]
+    if report.trivial_level is None:
+        verdict = f"The bound is {result.bound:.3f} nats"
+    elif report.vacuous:
+        verdict = (
+            f"The bound {result.bound:.3f} nats is above the trivial level {report.trivial_level:.3f} "
+            "(predicting the target prior), so it certifies nothing (vacuous)"
+        )
+    else:
+        verdict = (
+            f"The bound certifies a target cross-entropy of at most {result.bound:.3f} nats for the "
+            f"transformed classifier, below the trivial level {report.trivial_level:.3f}"
+        )
+    probes = (
+        f"the τ-penalised probe reaches {result.probe.target_ce:.3f} nats / {result.probe.target_acc:.1%} "
+        f"accuracy and the standard probe {result.standard_probe.target_ce:.3f} / "
+        f"{result.standard_probe.target_acc:.1%}"
+    )
+    largest = f"The largest term is {name} ({terms[key]:.3f}, {share:.0%} of the bound)"
+    return f"{verdict}; {probes}. {largest}: {advice}."

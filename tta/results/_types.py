@@ -42,6 +42,8 @@ class BoundReport:
         w1: :math:`W_1(P_{S'''}, P_T)`.
         tau_w1: Term 3, :math:`\hat\tau W_1`.
         bound: The sum of the three terms.
+        trivial_level: :math:`H(\hat p_T)`, the target cross-entropy of predicting the target test prior
+            (``log K_T`` when balanced). A bound at or above it certifies nothing (:attr:`vacuous`).
         tau_global: A data-free, certified :math:`\sqrt2\,\|W A^{-1}\|_2 \ge \hat\tau`.
         bound_certified: The bound with ``tau_global`` in place of :math:`\hat\tau`.
         tau_learned_inverse: :math:`\hat\tau` through the learned :math:`\bar A` instead of :math:`A^{-1}`.
@@ -77,6 +79,7 @@ class BoundReport:
     w1: float
     tau_w1: float
     bound: float
+    trivial_level: float | None = None
     tau_global: float | None = None
     bound_certified: float | None = None
     tau_learned_inverse: float | None = None
@@ -101,6 +104,11 @@ class BoundReport:
     inverse_error: float | None = None
     w1_ci: tuple[float, float] | None = None
     bound_ci: tuple[float, float] | None = None
+
+    @property
+    def vacuous(self) -> bool | None:
+        """Whether the bound is at or above the trivial level (``None`` when that is unknown)."""
+        return None if self.trivial_level is None else bool(self.bound >= self.trivial_level)
 
     @property
     def w1_is_estimate(self) -> bool:
@@ -128,6 +136,8 @@ class BoundReport:
             if f.name == "w1_ci":
                 out["w1_is_estimate"] = True
             out[f.name] = _plain(value)
+            if f.name == "trivial_level":
+                out["vacuous"] = self.vacuous
         return out
 
     @classmethod
@@ -257,6 +267,8 @@ class AnalysisResult:
         return {
             "schema_version": self.schema_version,
             "bound": self.report.bound,
+            "trivial_level": self.report.trivial_level,
+            "vacuous": self.report.vacuous,
             "terms": self.report.terms,
             "transformed_classifier": self.transformed_classifier.to_dict(),
             "probe": self.probe.to_dict(),
