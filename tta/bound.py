@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "LABEL_MAP_ZERO",
     "BoundTerms",
     "assemble_bound",
     "bound_terms",
@@ -46,11 +48,16 @@ __all__ = [
     "importance_weighted_loss",
     "inverse_penalty",
     "label_entropy",
+    "label_losses",
     "label_prior",
     "lipschitz_constant",
     "log_floor",
+    "log_odds_displacement",
+    "logit_transport",
+    "odds_transport_cost",
     "prior_matching_penalty",
     "safe_log_label_map",
+    "sparse_label_map",
     "transformed_log_probs",
     "transformed_source_loss",
     "weighted_source_loss",
@@ -447,6 +454,141 @@ def inverse_penalty(
     left = matrix @ (inverse @ v) - v
     right = inverse @ (matrix @ v) - v
     return ((left**2).sum() + (right**2).sum()) / probes
+
+
+#: Label-map entries at or below this are exact zeros of the logit-space bound (the floor of log B
+#: leaves ~1e-38 there in float32; 0 and 1e-38 change a loss by less than float64 resolves).
+LABEL_MAP_ZERO = 1e-30
+
+
+def sparse_label_map(label_map: Tensor) -> Tensor:
+    r""":math:`B` with entries at or below :data:`LABEL_MAP_ZERO` set to exactly 0, columns renormalised."""
+    b = torch.where(label_map > LABEL_MAP_ZERO, label_map, torch.zeros_like(label_map))
+    return b / b.sum(dim=0, keepdim=True)
+
+
+def label_losses(logits: Tensor, label_map: Tensor) -> Tensor:
+    r"""The loss of :math:`B\,\mathrm{softmax}(u)` for every target label, :math:`g_t(u)`.
+
+    .. math:: g_t(u) = -\log \sum_s B_{ts}\,\mathrm{softmax}_s(u)
+
+    Args:
+        logits: Reference-classifier logits :math:`u`, shape ``(n, K_S)``.
+        label_map: :math:`B`, shape ``(K_T, K_S)`` (exact zeros allowed).
+
+    Returns:
+        Shape ``(n, K_T)``.
+    """
+    log_b = safe_log_label_map(torch.log(label_map))
+    return -torch.logsumexp(log_b.unsqueeze(0) + torch.log_softmax(logits, dim=-1).unsqueeze(1), dim=-1)
+
+
+def log_odds_displacement(source_logits: Tensor, target_logits: Tensor, label_map_row: Tensor) -> Tensor:
+    r"""How much moving logits from :math:`u` to :math:`u'` can raise the odds of missing label :math:`t`.
+
+    With :math:`\delta = u' - u`, :math:`S_t = \{s: B_{ts} > 0\}` and :math:`\bar S_t = \{s: B_{ts} < 1\}`,
+
+    .. math:: L_t(u, u') = \max_{s \in \bar S_t} \delta_s - \min_{s \in S_t} \delta_s .
+
+    For a one-hot row (each reference class maps to one target class) this is the change of the log-odds
+    against label :math:`t` when the other logits all move by the most they do; for a row without zeros
+    or ones it is the range :math:`\max\delta - \min\delta` (the oscillation seminorm, for which
+    :math:`g_t` is 1-Lipschitz). May be negative (a move towards label :math:`t`).
+
+    Args:
+        source_logits: :math:`u`, shape ``(n, K_S)``.
+        target_logits: :math:`u'`, shape ``(m, K_S)``.
+        label_map_row: :math:`B_{t\cdot}`, shape ``(K_S,)``, with exact zeros (:func:`sparse_label_map`).
+
+    Returns:
+        Shape ``(n, m)``.
+    """
+    row = label_map_row.detach()
+    if not bool((row > 0).any()):
+        raise ValueError(
+            "log_odds_displacement: the label-map row is all zeros (no reference class maps there)"
+        )
+    delta = target_logits.unsqueeze(0) - source_logits.unsqueeze(1)  # (n, m, K_S)
+    high = delta.masked_fill(~(row < 1)[None, None, :], -torch.inf).amax(dim=-1)
+    low = delta.masked_fill(~(row > 0)[None, None, :], torch.inf).amin(dim=-1)
+    return high - low
+
+
+def odds_transport_cost(source_losses: Tensor, displacement: Tensor) -> Tensor:
+    r"""An upper bound on the target-side loss :math:`g_t(u')` from the source-side loss and the move.
+
+    .. math::
+        g_t(u') \le \Phi\big(g_t(u), L_t(u, u')\big), \qquad \Phi(g, L) = \log\big(1 + (e^{g} - 1)\,e^{L}\big)
+
+    Proof: :math:`e^{g_t} - 1 = N/Q` with :math:`N = \sum_s (1 - B_{ts}) e^{u_s}` and
+    :math:`Q = \sum_s B_{ts} e^{u_s}`; moving to :math:`u'` multiplies :math:`N` by at most
+    :math:`e^{\max_{\bar S_t}\delta}` and :math:`Q` by at least :math:`e^{\min_{S_t}\delta}`
+    (:func:`log_odds_displacement`). :math:`\Phi(g, 0) = g`, and :math:`\Phi(g, L) \le g + |L|`:
+    never looser than the 1-Lipschitz bound, and far tighter where the loss is small.
+
+    Args:
+        source_losses: :math:`g_t(u_i)`, shape ``(n,)``.
+        displacement: :math:`L_t(u_i, u'_j)`, shape ``(n, m)``.
+
+    Returns:
+        The cost matrix :math:`C_{ij} = \Phi(g_t(u_i), L_t(u_i, u'_j))`, shape ``(n, m)``.
+    """
+    log_odds = torch.log(torch.expm1(source_losses.clamp_min(1e-300)))  # log(e^g - 1), finite for g > 0
+    return torch.logaddexp(torch.zeros_like(displacement), log_odds.unsqueeze(1) + displacement)
+
+
+def logit_transport(
+    source_logits: Tensor,
+    source_labels: Tensor,
+    source_weights: Tensor,
+    target_logits: Tensor,
+    target_labels: Tensor,
+    target_weights: Tensor,
+    label_map: Tensor,
+    transport: Any,
+) -> tuple[Tensor, Tensor]:
+    r"""The logit-space transport term, an upper bound on the target loss of the transformed classifier.
+
+    The transformed reference distribution of label :math:`t` is :math:`\mu_t = \sum_i a_i B_{t s_i}
+    \delta_{u_i}` (reference logits :math:`u_i = W z_i + c`, which the feature map leaves unchanged), the
+    target one :math:`\nu_t = \sum_{j: t_j = t} b_j \delta_{u'_j}` (:math:`u' = W A^{-1}(z' - b) + c`);
+    with :math:`BD = p_T` their masses agree. For any coupling :math:`\pi_t` of them,
+    :math:`\int g_t\,d\nu_t \le \int \Phi(g_t(u), L_t(u, u'))\,d\pi_t` (:func:`odds_transport_cost`), so
+
+    .. math::
+        \mathbb{E}_T\, g \;\le\; \sum_t \min_{\pi_t \in \Pi(\mu_t, \nu_t)}
+        \int \Phi\big(g_t(u), L_t(u, u')\big)\, d\pi_t .
+
+    Args:
+        source_logits: :math:`u_i`, shape ``(n, K_S)``.
+        source_labels: :math:`s_i`, shape ``(n,)``.
+        source_weights: :math:`a_i`, summing to :math:`D_s` over each reference class, shape ``(n,)``.
+        target_logits: :math:`u'_j`, shape ``(m, K_S)``.
+        target_labels: :math:`t_j`, shape ``(m,)``.
+        target_weights: :math:`b_j`, summing to :math:`(BD)_t` over each target label, shape ``(m,)``.
+        label_map: :math:`B` with exact zeros (:func:`sparse_label_map`), shape ``(K_T, K_S)``.
+        transport: ``transport(cost, a, b) -> value``, an exact OT solver differentiable in the cost
+            (:func:`tta.distances.transport_cost`).
+
+    Returns:
+        The transport value :math:`\sum_t \mathrm{OT}_t` (differentiable through the target logits) and
+        the transformed-reference loss :math:`\sum_t \int g_t\,d\mu_t` (its value at zero displacement).
+    """
+    losses = label_losses(source_logits, label_map)  # (n, K_T)
+    total = source_logits.new_zeros(())
+    reference = source_logits.new_zeros(())
+    for t in range(label_map.shape[0]):
+        on_t = target_labels == t
+        a = (source_weights * label_map[t][source_labels]).detach()
+        keep = a > 0
+        if not bool(on_t.any()) or not bool(keep.any()):
+            continue
+        b = target_weights[on_t].detach()
+        a_t = a[keep] * (b.sum() / a[keep].sum())  # equal masses: BD = p_T up to float round-off
+        move = log_odds_displacement(source_logits[keep], target_logits[on_t], label_map[t])
+        total = total + transport(odds_transport_cost(losses[keep, t], move), a_t, b)
+        reference = reference + (a_t * losses[keep, t]).sum()
+    return total, reference
 
 
 @dataclass

@@ -8,6 +8,13 @@ r"""The transform of the reference task: prior :math:`D`, label map :math:`B`, f
   :math:`BD = p_T` (:meth:`TaskTransform.match_label_marginal`);
 - :math:`A` (invertible) and :math:`\bar A \approx A^{-1}`, both initialised at :math:`I`, and :math:`b = 0`.
 
+With ``feature_map="logit"`` (the ``logit`` bound variant, docs/method.md) the feature map is learned
+through what the classifier sees of it: a change :math:`\Delta` of the logit map and :math:`\delta c` of
+the logit bias, :math:`W\bar A = W + \Delta`; :math:`\bar A = I + W^+\Delta` (a rank-:math:`K_S`
+update of the identity, so no :math:`d \times d` matrix is learned or inverted while fitting), and
+:meth:`TaskTransform.materialise_logit_map` writes the exact :math:`A`, :math:`\bar A`, :math:`b` at the
+end.
+
 Ablation modes (DESIGN §1.4): ``learned_all`` (everything learned), ``learned_a`` (only the feature map
 is learned; :math:`B` and :math:`D` stay at their initial values), ``fixed_all`` (nothing is learned).
 """
@@ -25,6 +32,7 @@ from tta.bound import log_floor
 __all__ = ["MODES", "TaskTransform", "condition_number", "matching_label_map"]
 
 Mode = Literal["learned_all", "learned_a", "fixed_all"]
+FeatureMap = Literal["dense", "logit"]
 MODES: tuple[str, ...] = ("learned_all", "learned_a", "fixed_all")
 
 
@@ -101,12 +109,20 @@ class TaskTransform(nn.Module):
     MAX_BIAS_STEP: float = 10.0
 
     def __init__(
-        self, num_source_classes: int, num_target_classes: int, feature_dim: int, mode: Mode = "learned_all"
+        self,
+        num_source_classes: int,
+        num_target_classes: int,
+        feature_dim: int,
+        mode: Mode = "learned_all",
+        feature_map: FeatureMap = "dense",
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown transform mode {mode!r}; choose one of {', '.join(MODES)}")
+        if feature_map not in ("dense", "logit"):
+            raise ValueError(f"unknown feature_map {feature_map!r}; choose 'dense' or 'logit'")
         self.mode = mode
+        self.feature_map = feature_map
         self.num_source_classes = num_source_classes
         self.num_target_classes = num_target_classes
         self.feature_dim = feature_dim
@@ -116,12 +132,17 @@ class TaskTransform(nn.Module):
         self.inverse = nn.Parameter(torch.eye(feature_dim))
         self.shift = nn.Parameter(torch.zeros(feature_dim))
         self.register_buffer("label_bias", torch.zeros(num_target_classes))
-        learn_labels = mode == "learned_all"
+        learn_labels = mode == "learned_all" and feature_map == "dense"
         learn_features = mode in ("learned_all", "learned_a")
         self.prior_logits.requires_grad_(learn_labels)
         self.label_logits.requires_grad_(learn_labels)
         for p in (self.matrix, self.inverse, self.shift):
-            p.requires_grad_(learn_features)
+            p.requires_grad_(learn_features and feature_map == "dense")
+        if feature_map == "logit":  # the logit map's change and the logit bias' change
+            self.logit_delta = nn.Parameter(torch.zeros(num_source_classes, feature_dim))
+            self.logit_bias_delta = nn.Parameter(torch.zeros(num_source_classes))
+            self.logit_delta.requires_grad_(learn_features)
+            self.logit_bias_delta.requires_grad_(learn_features)
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -180,6 +201,50 @@ class TaskTransform(nn.Module):
     def map_features(self, z: Tensor) -> Tensor:
         r"""Apply the feature map :math:`z \mapsto A z + b` to rows of ``z`` ``(n, d)``."""
         return z @ self.matrix.T + self.shift
+
+    def logit_map(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The map from features to the reference classifier's logits, :math:`(W\bar A, c - W\bar A b)`.
+
+        For ``feature_map="logit"``: :math:`(W + \Delta, c + \delta c)`, differentiable in
+        :math:`\Delta, \delta c`; otherwise from :math:`\bar A` and :math:`b`.
+
+        Args:
+            weight: :math:`W`, shape ``(K_S, d)``.
+            bias: :math:`c`, shape ``(K_S,)``.
+        """
+        if self.feature_map == "logit":
+            return weight + self.logit_delta, bias + self.logit_bias_delta
+        m = weight @ self.inverse
+        return m, bias - m @ self.shift
+
+    @torch.no_grad()
+    def materialise_logit_map(self, weight: Tensor, bias: Tensor) -> None:
+        r"""Write the feature map the learned logit map stands for into :math:`A`, :math:`\bar A`, :math:`b`.
+
+        :math:`\bar A = I + W^+\Delta` (so :math:`W\bar A = W + \Delta` for :math:`W` of full row rank),
+        :math:`A = \bar A^{-1}`, and :math:`b = -(W + \Delta)^+ \delta c` (so :math:`c - W\bar A b =
+        c + \delta c`), in float64. Afterwards :func:`tta.bound.transformed_log_probs` with
+        :math:`\bar A` and :math:`b` is the classifier the bound certifies.
+
+        Raises:
+            ValueError: If ``feature_map`` is not ``"logit"``, or :math:`W` is not of full row rank.
+        """
+        if self.feature_map != "logit":
+            raise ValueError("materialise_logit_map is for feature_map='logit'")
+        w = weight.detach().double()
+        if int(torch.linalg.matrix_rank(w)) < w.shape[0]:
+            raise ValueError(
+                "the reference classifier's weight W is not of full row rank, so W + Δ is not W Ā for an "
+                "invertible A; train h_S on features of dimension ≥ K_S"
+            )
+        delta = self.logit_delta.detach().double()
+        eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+        inverse = eye + torch.linalg.pinv(w) @ delta
+        m = w + delta
+        shift = -torch.linalg.pinv(m) @ self.logit_bias_delta.detach().double()
+        self.inverse.copy_(inverse.to(self.inverse))
+        self.matrix.copy_(torch.linalg.solve(inverse, eye).to(self.matrix))
+        self.shift.copy_(shift.to(self.shift))
 
     def exact_inverse(self) -> Tensor:
         """:math:`A^{-1}` computed by an LU solve in float64 (for evaluation)."""
@@ -288,4 +353,5 @@ class TaskTransform(nn.Module):
     def extra_repr(self) -> str:
         """Sizes and mode, for ``repr``."""
         k_s, k_t = self.num_source_classes, self.num_target_classes
-        return f"K_S={k_s}, K_T={k_t}, d={self.feature_dim}, mode={self.mode!r}"
+        extra = "" if self.feature_map == "dense" else f", feature_map={self.feature_map!r}"
+        return f"K_S={k_s}, K_T={k_t}, d={self.feature_dim}, mode={self.mode!r}{extra}"

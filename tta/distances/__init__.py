@@ -26,7 +26,7 @@ from tta.distances.base import (
     label_marginals,
     pairwise_distances,
 )
-from tta.distances.exact import ExactDistance, emd_plan
+from tta.distances.exact import ExactDistance, emd_plan, transport_cost
 from tta.distances.sinkhorn import SinkhornDistance, data_scale
 from tta.distances.subsample import SubsampledDistance
 from tta.plugins import DISTANCES
@@ -46,6 +46,7 @@ __all__ = [
     "feature_diameter",
     "label_marginals",
     "pairwise_distances",
+    "transport_cost",
 ]
 
 

@@ -34,7 +34,7 @@ from tta.distances.base import (
 )
 from tta.plugins import DISTANCES
 
-__all__ = ["ExactDistance", "emd_plan", "per_label_exact"]
+__all__ = ["ExactDistance", "emd_plan", "per_label_exact", "transport_cost"]
 
 _OPTIMAL = 1  # POT's result code for an optimal solution
 
@@ -128,6 +128,38 @@ def emd_plan(
             stacklevel=2,
         )
     return plan.to(dtype=cost.dtype, device=cost.device), info
+
+
+def transport_cost(
+    cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, max_iter: int = 1_000_000
+) -> Tensor:
+    r"""The optimal transport value for a given cost matrix, differentiable in the cost.
+
+    .. math::
+        \mathrm{OT}_C(a, b) = \min_{\pi \in \Pi(a, b)} \langle \pi, C \rangle
+        = \langle \pi^\star, C \rangle, \qquad
+        \frac{\partial\, \mathrm{OT}}{\partial C} = \pi^\star
+
+    (envelope theorem: the exact plan :math:`\pi^\star` of :func:`emd_plan`, held fixed). The weights
+    are constants: pass weights that need no gradient.
+
+    Args:
+        cost: Any cost matrix :math:`C` (it need not be a metric), shape ``(n, m)``.
+        a: Source weights ``(n,)``; ``None``: uniform with total mass 1.
+        b: Target weights ``(m,)`` of the same total mass; ``None``: uniform.
+        max_iter: Network-simplex iteration limit.
+
+    Returns:
+        The scalar value, in the dtype of ``cost`` (non-convergence warns, as :func:`emd_plan`).
+
+    Raises:
+        ValueError: If a weight requires a gradient (it would be silently dropped), or on the checks of
+            :func:`emd_plan`.
+    """
+    if any(w is not None and w.requires_grad for w in (a, b)):
+        raise ValueError("transport_cost differentiates the cost only: pass detached weights a and b")
+    plan, _ = emd_plan(cost, a, b, max_iter)
+    return (plan.detach() * cost).sum()
 
 
 def _emd_sparse_value(

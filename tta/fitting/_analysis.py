@@ -151,7 +151,11 @@ class Analysis(nn.Module):
         self.probe = LinearHead(feature_dim, num_target_classes)
         self.standard_probe = LinearHead(feature_dim, num_target_classes)
         self.transform = TaskTransform(
-            num_source_classes, num_target_classes, feature_dim, mode=settings.transform.mode
+            num_source_classes,
+            num_target_classes,
+            feature_dim,
+            mode=settings.transform.mode,
+            feature_map="logit" if settings.transform.variant == "logit" else "dense",
         )
         self.distance = create_distance(settings.distance if distance is None else distance)
         self.eval_distance = create_distance(
@@ -322,10 +326,15 @@ class Analysis(nn.Module):
     def target_log_probs(self, ev: EvalTransform, z: Tensor) -> dict[str, Tensor]:
         """Log-probabilities ``(n, K_T)`` of the three classifiers on target features ``z``."""
         t, head = ev.transform, self.source_head
-        return {
-            "transformed": B.transformed_log_probs(
+        if t.feature_map == "logit":  # the classifier the logit bound certifies (B with exact zeros)
+            m, c = t.logit_map(head.weight, head.bias)
+            transformed = -B.label_losses(z @ m.T + c, B.sparse_label_map(t.label_map))
+        else:
+            transformed = B.transformed_log_probs(
                 z, head.weight, head.bias, t.log_label_map, ev.inverse, t.shift
-            ),
+            )
+        return {
+            "transformed": transformed,
             "probe": torch.log_softmax(self.probe(z), dim=-1),
             "standard_probe": torch.log_softmax(self.standard_probe(z), dim=-1),
         }

@@ -12,14 +12,25 @@ __all__ = ["EvalConfig", "TransformConfig"]
 
 @dataclass
 class TransformConfig:
-    """How the transform is learned.
+    r"""How the transform is learned.
 
     Args:
         mode: ``learned_all`` (learn D, B, A, b), ``learned_a`` (only the feature map) or ``fixed_all``.
         algorithm: ``tta`` (optimise the reported bound; default) or ``faithful`` (the authors' steps).
+        variant: Which bound is learned and reported (docs/method.md). ``paper``: the authors' bound,
+            :math:`\hat\tau\,W_1` between the transformed reference and the target in feature space.
+            ``logit``: the distribution term is a transport in the reference classifier's logit space
+            with the odds cost :math:`\Phi` (:func:`tta.bound.logit_transport`), rigorous for any head
+            (no Lipschitz constant) and cheap (a ``K_S``-dimensional problem); the feature map is learned
+            through the logit map (:class:`~tta.transforms.TaskTransform` ``feature_map="logit"``), B is the
+            exact optimal-transport matching of class means (``label_map_smoothing`` is ignored) and D the
+            reference prior, both kept. Use it with an unpenalised reference head
+            (``source_head.w_gp: 0``), which the penalty no longer needs to keep near uniform.
+        logit_weight_decay: ``logit`` variant: weight of the penalty :math:`\|\Delta\|_F^2` on the change of
+            the logit map (keeps the mapped target logits from overfitting the training split).
         steps: Optimisation steps (2001 in the paper for large models, 1001 for small ones).
         batch_size: Points per side per step (1000 for d=512, 2500 for d=2048, 500 for small models).
-        lr: Adam learning rate of A, Ā, b and the label-map logits.
+        lr: Adam learning rate of the label-map logits (and of the logit map of the ``logit`` variant).
         lr_prior: Adam learning rate of the prior logits.
         label_cost: λ of the joint ground cost ‖z − z'‖ + λ‖y − y'‖ (1e6 for standardised features).
         lambda_w: Weight of the transport term in the ``faithful`` objective.
@@ -59,6 +70,7 @@ class TransformConfig:
 
     mode: Mode = "learned_all"
     algorithm: Literal["tta", "faithful"] = "tta"
+    variant: Literal["paper", "logit"] = "paper"
     steps: int = 300
     batch_size: int = 1000
     lr: float = 1e-2
@@ -78,6 +90,16 @@ class TransformConfig:
     patience: int = 2
     min_improvement: float = 0.01
     max_condition: float | None = 1e6
+    logit_weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("paper", "logit"):
+            raise ValueError(f"transform.variant must be 'paper' or 'logit', got {self.variant!r}")
+        if self.variant == "logit" and self.algorithm == "faithful":
+            raise ValueError(
+                "transform.variant 'logit' is learned by the 'tta' algorithm only (the faithful algorithm is "
+                "the authors' steps for the paper's bound): set transform.algorithm: tta"
+            )
 
 
 @dataclass

@@ -40,6 +40,7 @@ __all__ = [
     "faithful_objective",
     "finish_transform",
     "initialise_transform",
+    "logit_objective",
     "sample_by_prior",
     "step_objective",
     "transform_optimizer",
@@ -92,6 +93,10 @@ def transform_optimizer(transform: TaskTransform, config: TransformConfig) -> to
     logits, ``lr_prior`` for the prior logits.
     """
     groups = []
+    if transform.feature_map == "logit":  # the logit map's change, at the label-map rate (a K_S x d matrix)
+        logit_map = [p for p in (transform.logit_delta, transform.logit_bias_delta) if p.requires_grad]
+        if logit_map:
+            groups.append({"params": logit_map, "lr": config.lr})
     learn_inverse = config.algorithm == "faithful" or config.inverse == "learned"
     feature_map = [transform.matrix, transform.shift] + ([transform.inverse] if learn_inverse else [])
     feature_map = [p for p in feature_map if p.requires_grad]
@@ -183,6 +188,72 @@ def default_objective(
         "tau_w1": tau * w1,
         "inverse_penalty": inv_pen,
         "prior_mismatch": (label_map @ prior - target_prior.to(prior)).abs().sum(),
+    }
+    return objective, {k: v.detach() for k, v in parts.items()}
+
+
+def logit_objective(
+    transform: TaskTransform,
+    head: nn.Linear,
+    class_losses: Tensor,
+    source: tuple[Tensor, Tensor],
+    target: tuple[Tensor, Tensor],
+    target_prior: Tensor,
+    config: TransformConfig,
+    generator: torch.Generator,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""One step's objective of the ``logit`` variant: its bound on a batch, plus the logit-map penalty.
+
+    .. math::
+        \sum_s D_s \bar L_s + H(Y_T|Y_S) + \Big(\sum_t \mathrm{OT}_{\Phi}(\mu_t, \nu_t)
+        - \mathbb{E}_{S'''}\, g\Big) + \lambda \|\Delta\|_F^2
+
+    (:func:`tta.bound.logit_transport`); only the target logits :math:`(W + \Delta) z' + c + \delta c`
+    move, so the gradient is the exact plan's through the odds cost (envelope theorem).
+
+    Args:
+        transform: A transform with ``feature_map="logit"``.
+        head: The trained reference classifier (frozen).
+        class_losses: Mean reference training loss of each class, shape ``(K_S,)``.
+        source: Reference training features and labels.
+        target: Target training features and labels.
+        target_prior: ``p_T``, shape ``(K_T,)``.
+        config: Hyper-parameters (``batch_size``, ``logit_weight_decay``).
+        generator: Random generator for the batch.
+
+    Returns:
+        The objective (differentiable) and its detached parts.
+    """
+    from tta.distances import transport_cost
+
+    z_s, y_s = source
+    z_t, y_t = target
+    prior = transform.prior.detach()
+    label_map = B.sparse_label_map(transform.label_map.detach())
+    src_idx, src_count = sample_by_prior(y_s, prior, config.batch_size, generator)
+    tgt_idx, tgt_count = sample_by_prior(y_t, target_prior, config.batch_size, generator)
+    ys, yt = y_s[src_idx], y_t[tgt_idx]
+    with torch.no_grad():
+        u_s = head(z_s[src_idx])
+    m, c = transform.logit_map(head.weight.detach(), head.bias.detach())
+    u_t = z_t[tgt_idx] @ m.T + c
+    a = prior[ys] / src_count.to(prior)
+    b = (label_map @ prior)[yt] / tgt_count.to(prior)
+    transport, reference = B.logit_transport(u_s, ys, a, u_t, yt, b, label_map, transport_cost)
+    term1 = B.weighted_source_loss(prior, class_losses)
+    entropy = B.conditional_entropy(label_map, prior)
+    distribution = transport - reference
+    bound = term1 + entropy + distribution
+    penalty = (transform.logit_delta**2).sum()
+    objective = bound + config.logit_weight_decay * penalty
+    parts = {
+        "objective": objective,
+        "bound": bound,
+        "weighted_source_loss": term1,
+        "conditional_entropy": entropy,
+        "distribution_term": distribution,
+        "transport": transport,
+        "logit_map_penalty": penalty,
     }
     return objective, {k: v.detach() for k, v in parts.items()}
 
@@ -288,6 +359,10 @@ def step_objective(
         objective, parts = faithful_objective(
             transform, head, class_losses, source, target, target_prior, config, generator
         )
+    elif config.variant == "logit":
+        objective, parts = logit_objective(
+            transform, head, class_losses, source, target, target_prior, config, generator
+        )
     else:
         objective, parts = default_objective(
             transform, head, class_losses, source, target, target_prior, distance, config, generator
@@ -310,7 +385,7 @@ def finish_transform(transform: TaskTransform, target_prior: Tensor, config: Tra
     if config.algorithm == "tta":
         if config.match_label_marginal:
             transform.match_label_marginal(target_prior)
-        if config.inverse == "exact":
+        if config.inverse == "exact" and transform.feature_map == "dense":  # a logit map sets Ā itself
             transform.inverse.copy_(transform.exact_inverse())
 
 
@@ -345,7 +420,8 @@ def initialise_transform(
     if config.label_map_init == "matching":
         mu_s = torch.stack([z_s[y_s == k].mean(0) for k in range(k_s)])
         mu_t = torch.stack([z_t[y_t == k].mean(0) for k in range(k_t)])
-        transform.init_label_map(matching_label_map(mu_s, mu_t, p_s, p_t), config.label_map_smoothing)
+        smoothing = 0.0 if config.variant == "logit" else config.label_map_smoothing  # logit: exact zeros
+        transform.init_label_map(matching_label_map(mu_s, mu_t, p_s, p_t), smoothing)
     elif config.label_map_init == "random":
         transform.init_label_map(None, generator=torch.Generator().manual_seed(seed))
     else:

@@ -9,6 +9,7 @@ Python API) and :class:`tta.modules.TaskTransferAnalysis` (``tta fit``) both run
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -61,6 +62,13 @@ class TransformFitter:
         warning_log: WarningLog | None = None,
     ):
         self.config = config = config or TransformConfig()
+        wanted = "logit" if config.variant == "logit" else "dense"
+        if transform.feature_map != wanted:
+            raise ValueError(
+                f"transform.variant {config.variant!r} learns a TaskTransform with feature_map={wanted!r}, "
+                f"got feature_map={transform.feature_map!r}: build it as "
+                f"TaskTransform(..., feature_map={wanted!r})"
+            )
         self.transform = transform
         self.head = head
         self.source = source
@@ -69,7 +77,8 @@ class TransformFitter:
         self.seed = seed
         self.warning_log = warning_log if warning_log is not None else WarningLog()
         self.optimizer = transform_optimizer(transform, config)
-        self.guard = ConditionGuard(config)
+        # the logit variant learns no d x d matrix while fitting (A is written once, at the end)
+        self.guard = ConditionGuard(config if wanted == "dense" else replace(config, max_condition=None))
         self.best = (
             BestTransform(head, source, target, distance, config, seed) if selects_best(config) else None
         )
@@ -182,6 +191,8 @@ class TransformFitter:
         self._follow()
         if self.best is not None:
             self.best.restore(self.transform)
+        if self.transform.feature_map == "logit":
+            self.transform.materialise_logit_map(self.head.weight, self.head.bias)
         finish_transform(self.transform, self.target_prior, self.config)
         self.finished = True
 

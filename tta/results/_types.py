@@ -38,10 +38,15 @@ class BoundReport:
     Attributes:
         weighted_source_loss: Term 1, :math:`\sum_s D_s \bar L_s` (reference test loss re-weighted by D).
         conditional_entropy: Term 2, :math:`H(Y_T \mid Y_S)`.
-        tau: :math:`\hat\tau`, the Lipschitz constant of the loss in the feature, measured on the points.
-        w1: :math:`W_1(P_{S'''}, P_T)`.
-        tau_w1: Term 3, :math:`\hat\tau W_1`.
+        tau: :math:`\hat\tau`, the Lipschitz constant of the loss in the feature, measured on the points
+            (``paper`` variant; ``None`` for ``logit``).
+        w1: :math:`W_1(P_{S'''}, P_T)` (``paper``; ``None`` for ``logit``).
+        tau_w1: Term 3, the distribution mismatch: :math:`\hat\tau W_1` (``paper``), or the logit-space
+            transport minus the transformed-reference loss (``logit``; docs/method.md).
         bound: The sum of the three terms.
+        variant: ``paper`` or ``logit`` (:class:`~tta.fitting.TransformConfig`), the bound it is.
+        transport: ``logit``: the transport value :math:`\sum_t \mathrm{OT}_\Phi(\mu_t, \nu_t)`, an
+            upper bound on the target loss of :math:`h'''` by itself.
         trivial_level: :math:`H(\hat p_T)`, the target cross-entropy of predicting the target test prior
             (``log K_T`` when balanced). A bound at or above it certifies nothing (:attr:`vacuous`).
         tau_global: A data-free, certified :math:`\sqrt2\,\|W A^{-1}\|_2 \ge \hat\tau`.
@@ -75,11 +80,13 @@ class BoundReport:
 
     weighted_source_loss: float
     conditional_entropy: float
-    tau: float
-    w1: float
+    tau: float | None
+    w1: float | None
     tau_w1: float
     bound: float
+    variant: str = "paper"
     trivial_level: float | None = None
+    transport: float | None = None
     tau_global: float | None = None
     bound_certified: float | None = None
     tau_learned_inverse: float | None = None
