@@ -279,6 +279,7 @@ def run_pair(
         "backbone_spec": asdict(pair.backbone),
         "reference_spec": asdict(pair.reference),
         "target_spec": asdict(pair.target),
+        "variant": result.report.variant,
         "bound": result.bound,
         "trivial_level": result.report.trivial_level,
         "vacuous": result.report.vacuous,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -93,6 +93,32 @@ class AnalysisSettings:
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict form (for hashing and the result records)."""
         return asdict(self)
+
+    def with_variant(self, variant: str) -> AnalysisSettings:
+        r"""These settings for one bound variant, with the reference head that variant is meant for.
+
+        ``paper`` keeps the authors' setting: the τ-penalised reference head, trained as the τ-probe
+        (``probe``), since :math:`\hat\tau\,W_1` needs a small Lipschitz constant. ``logit`` needs no
+        Lipschitz control (docs/method.md, Theorem 2), so its reference head is trained as the
+        unpenalised standard probe (``standard_probe``). Everything else is unchanged.
+
+        Args:
+            variant: ``paper`` or ``logit``.
+
+        Returns:
+            New settings (this object is not modified).
+
+        Raises:
+            ValueError: For another variant name.
+        """
+        if variant not in ("paper", "logit"):
+            raise ValueError(f"variant must be 'paper' or 'logit', got {variant!r}")
+        head = self.probe if variant == "paper" else self.standard_probe
+        return replace(
+            self,
+            source_head=replace(head),
+            transform=replace(self.transform, variant=variant),  # type: ignore[arg-type]
+        )
 
     def phase_steps(self) -> dict[str, int]:
         """Number of training steps of each phase."""
