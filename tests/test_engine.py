@@ -162,3 +162,33 @@ def test_the_result_round_trips_through_its_json_form(lightning_fit):
         AnalysisResult.from_dict({**record, "schema_version": 99})
     with pytest.raises(ValueError, match="not a tta result record"):
         AnalysisResult.from_dict({"bound": 1.0})
+
+
+def test_tta_fit_runs_the_logit_variant_and_logs_only_its_terms(tmp_path):
+    """``tta fit`` with ``transform.variant: logit``: the test epoch logs the transport (no τ or W₁,
+    which that variant does not have) and the result equals the one-call API's bit for bit."""
+    from dataclasses import replace
+
+    features = _features()
+    settings = _settings().with_variant("logit")
+    model = TaskTransferAnalysis(
+        backbone=None,
+        source_head=settings.source_head,
+        probe=HEAD,
+        standard_probe=STANDARD,
+        transform=replace(TRANSFORM, variant="logit"),
+        distance="exact",
+        eval_distance="exact",
+        seed=7,
+    )
+    data = TaskPairDataModule.from_features(features)
+    trainer = quiet_trainer(tmp_path)
+    trainer.fit(model, datamodule=data)
+    trainer.test(model, datamodule=data, verbose=False)
+    logged = trainer.callback_metrics
+    assert "test/transport" in logged and "test/tau" not in logged and "test/w1" not in logged
+    assert model.result.report.variant == "logit" and model.result.report.tau is None
+    assert float(logged["test/bound"]) == pytest.approx(model.result.bound, rel=1e-6)
+    assert model.result.bound >= model.result.transformed_classifier.target_ce
+    _, again = analyze_features(features, settings, seed=7)
+    assert again.bound == model.result.bound

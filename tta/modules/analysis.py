@@ -265,6 +265,8 @@ class TaskTransferAnalysis(pl.LightningModule):
             "test/tau": report.tau,
             "test/w1": report.w1,
             "test/tau_w1": report.tau_w1,
+            "test/transport": report.transport,
+            "test/trivial_level": report.trivial_level,
             "test/bound_certified": report.bound_certified,
             "test/gap": result.gap,
             "test/cond_A": report.cond_A,
@@ -276,7 +278,8 @@ class TaskTransferAnalysis(pl.LightningModule):
         ):
             log.update({f"test/{name}_ce": metrics.target_ce, f"test/{name}_acc": metrics.target_acc})
             log[f"test/{name}_ece"] = metrics.target_ece
-        self.log_dict(log)
+        # a term a variant does not have (the logit bound has no tau or W1) is left out, not logged as None
+        self.log_dict({k: v for k, v in log.items() if v is not None})
         self._log_figures(result)
 
     def _log_figures(self, result: AnalysisResult) -> None:
