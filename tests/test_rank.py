@@ -97,7 +97,7 @@ def test_separation_names_the_term_whose_difference_decides():
     }
     key, diff, text = separation(better, worse)
     assert key == "tau_w1" and diff == pytest.approx(0.571)
-    assert text.startswith("0.553 below b: τ·W₁ decides (0.589 vs 1.160)")
+    assert text.startswith("0.553 below b: distribution term decides (0.589 vs 1.160)")
     assert "source loss 2.023 vs 2.031" in text and "H(Y_T|Y_S) 0.090 vs 0.064" in text
     assert (
         explain(better["terms"])[0] == explain(worse["terms"])[0] == "weighted_source_loss"
@@ -204,6 +204,15 @@ def test_rank_command_backbones(cache, tmp_path, capsys):
         "lite0_48",
     }
     assert f"best candidate: {result['ranking'][0]['candidate']}" in text
+    assert {r["variant"] for r in result["ranking"]} == {"paper"}  # the tiny config's variant
+
+    # --variant overrides the config's, with the matching (unpenalised) reference head
+    assert rank_main([*args, "--variant", "logit"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(logit variant; lower is better)" in text
+    logit = json.loads(out.read_text())["ranking"]
+    assert {r["variant"] for r in logit} == {"logit"}
+    assert all(r["bound"] >= r["ground_truth"]["transformed_ce"] for r in logit)
 
 
 def test_rank_command_label_free_and_errors(cache, capsys):

@@ -26,7 +26,13 @@ DESCRIPTION = """\
 Rank candidate backbones (or candidate reference tasks) for one target task by the tta bound (lower is
 better). Each candidate is fitted exactly as `tta fit` does; the table shows the three terms of the
 bound and which one dominates ("label mismatch dominates" when H(Y_T|Y_S) is the largest share,
-"feature distance dominates" for tau*W1, "source loss dominates" for the weighted source loss).
+"feature distance dominates" for the distribution term, "source loss dominates" for the weighted source
+loss), and what separates each candidate from the next.
+
+--variant picks the bound (docs/method.md, "Bound variants"): `logit` (the default without --config) is
+the logit-space transport with an unpenalised reference head, non-vacuous on most tasks; `paper` is the
+authors' bound, tau*W1 in feature space with a tau-penalised head. With --config the config's variant is
+used unless --variant is given.
 
 Items of --zoo are backbones (a registry name, optionally with constructor arguments:
 `efficientnet_lite0:image_size=64`, or a backbone named in --config) or reference tasks (a dataset name,
@@ -64,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pseudo-labels", choices=("kmeans", "transformed"), default="kmeans", help="label-free source"
     )
     p.add_argument("--num-classes", type=int, help="number of pseudo-classes (default: the target's)")
+    p.add_argument(
+        "--variant",
+        choices=("logit", "paper"),
+        help="bound variant (default: the --config's, else logit); sets the matching reference head",
+    )
     p.add_argument("--cache-dir", help="feature cache directory")
     p.add_argument("--seed", type=int, help="seed of the fits and of k-means (default: the config's, or 0)")
     p.add_argument("--json", type=Path, help="also write the ranking as JSON to this file")
@@ -223,6 +234,9 @@ def _rank(args: argparse.Namespace) -> tuple[Any, str]:
             else ModelSettings()
         )
         seed, cache_dir = 0, None
+    variant = args.variant or (None if args.config is not None else "logit")
+    if variant is not None:
+        settings = settings.with_variant(variant)
     if args.seed is not None:
         seed = args.seed
     if args.cache_dir is not None:

@@ -41,9 +41,10 @@ TERM_LABELS: dict[str, tuple[str, str, str]] = {
         "the target's classes do not map one-to-one onto the reference's",
     ),
     "tau_w1": (
-        "τ·W₁",
+        "distribution term",
         "feature distance dominates",
-        "the target features sit far from the transformed reference features",
+        "the target features sit far from the transformed reference features (τ̂·W₁ for the paper "
+        "variant, the logit-space transport for the logit variant)",
     ),
 }
 
@@ -197,13 +198,17 @@ def ranking_table(ranking: Ranking, target: str) -> Any:
     """A rich table: rank, candidate, bound, its three terms, the share of the dominant term, why."""
     from rich.table import Table
 
-    title = f"candidate {ranking.kind} for target {target}, ranked by the tta bound (lower is better)"
+    variants = sorted({str(r.get("variant", "paper")) for r in ranking.records})
+    title = (
+        f"candidate {ranking.kind} for target {target}, ranked by the tta bound "
+        f"({'/'.join(variants)} variant; lower is better)"
+    )
     if ranking.label_free:
         title += (
             f"\nLABEL-FREE: pseudo-labels from {ranking.label_free['method']}, k={ranking.label_free['k']}"
         )
     table = Table(title=title, show_lines=False)
-    for col in ("rank", "candidate", "bound", "trivial", "source loss", "H(Y_T|Y_S)", "τ·W₁"):
+    for col in ("rank", "candidate", "bound", "trivial", "source loss", "H(Y_T|Y_S)", "distribution"):
         table.add_column(
             col,
             justify="left" if col == "candidate" else "right",

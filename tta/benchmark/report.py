@@ -481,7 +481,16 @@ def _markdown(
             "## Pairs",
             "",
             _md_table(
-                ["pair", "bound", "src loss", "H(Y_T|Y_S)", "τ·W₁", "probe CE", "probe acc", "h''' CE"],
+                [
+                    "pair",
+                    "bound",
+                    "src loss",
+                    "H(Y_T|Y_S)",
+                    "distribution",
+                    "probe CE",
+                    "probe acc",
+                    "h''' CE",
+                ],
                 [
                     [
                         r.get("label", r["pair_id"]),

@@ -106,7 +106,7 @@ def format_result(result: AnalysisResult) -> Any:
     from rich.table import Table
 
     report = result.report
-    table = Table(title="Task transfer analysis (test splits)", show_lines=False)
+    table = Table(title=f"Task transfer analysis (test splits, {report.variant} bound)", show_lines=False)
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [
@@ -114,7 +114,12 @@ def format_result(result: AnalysisResult) -> Any:
         ("label mismatch  H(Y_T|Y_S)", report.conditional_entropy),
         ("τ̂", report.tau),
         ("W₁(transformed reference, target)", report.w1),
-        ("distribution mismatch  τ̂·W₁", report.tau_w1),
+        (
+            "distribution mismatch  τ̂·W₁"
+            if report.variant == "paper"
+            else "distribution mismatch  logit-space transport",
+            report.tau_w1,
+        ),
         ("bound (sum)", result.bound),
         ("trivial level H(p_T) (predicting the target prior)", report.trivial_level),
         ("target CE of transformed classifier h'''", result.transformed_classifier.target_ce),
