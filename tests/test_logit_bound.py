@@ -146,6 +146,29 @@ def test_the_materialised_feature_map_is_the_learned_logit_map():
     assert torch.allclose(t.matrix.double() @ t.inverse.double(), eye, atol=1e-4)
 
 
+def test_cond_a_of_the_materialised_map_equals_the_full_svd():
+    """The low-rank singular values of A (Ā = I + W⁺Δ) give the same cond(A) and σ_min as a full SVD,
+    and a changed Ā falls back to the SVD."""
+    g = torch.Generator().manual_seed(4)
+    d, k = 40, 5
+    t = TaskTransform(k, 3, d, feature_map="logit")
+    with torch.no_grad():
+        t.logit_delta.copy_(0.3 * torch.randn(k, d, generator=g))
+        t.logit_bias_delta.copy_(torch.randn(k, generator=g))
+    w, c = torch.randn(k, d, generator=g), torch.randn(k, generator=g)
+    t.materialise_logit_map(w, c)
+    fast = t.diagnostics()
+    sv = torch.linalg.svdvals(t.matrix.detach().double())
+    assert fast["cond_A"] == pytest.approx(float(sv.max() / sv.min()), rel=1e-4)
+    assert fast["min_singular_value_A"] == pytest.approx(float(sv.min()), rel=1e-4)
+    assert fast["cond_A"] > 1.5  # the update is not a no-op
+    with torch.no_grad():
+        t.inverse.mul_(2.0)  # Ā no longer I + UV: the factors must not be used
+        t.matrix.mul_(0.5)
+    sv = torch.linalg.svdvals(t.matrix.detach().double())
+    assert t.diagnostics()["min_singular_value_A"] == pytest.approx(float(sv.min()), rel=1e-6)
+
+
 def test_the_variant_needs_a_logit_feature_map_and_the_tta_algorithm():
     from tta.distances import create_distance
     from tta.fitting import TransformFitter

@@ -123,6 +123,8 @@ class TaskTransform(nn.Module):
             raise ValueError(f"unknown feature_map {feature_map!r}; choose 'dense' or 'logit'")
         self.mode = mode
         self.feature_map = feature_map
+        # (U, V) with Ā = I + U V, set by materialise_logit_map: cond(A) then needs a 2K_S x 2K_S SVD
+        self._low_rank: tuple[Tensor, Tensor] | None = None
         self.num_source_classes = num_source_classes
         self.num_target_classes = num_target_classes
         self.feature_dim = feature_dim
@@ -245,6 +247,7 @@ class TaskTransform(nn.Module):
         self.inverse.copy_(inverse.to(self.inverse))
         self.matrix.copy_(torch.linalg.solve(inverse, eye).to(self.matrix))
         self.shift.copy_(shift.to(self.shift))
+        self._low_rank = (torch.linalg.pinv(w), delta)
 
     def exact_inverse(self) -> Tensor:
         """:math:`A^{-1}` computed by an LU solve in float64 (for evaluation)."""
@@ -256,13 +259,40 @@ class TaskTransform(nn.Module):
     def diagnostics(self) -> dict[str, float]:
         r"""cond(A), :math:`\|A\bar A - I\|_F` and the smallest singular value of ``A``."""
         a = self.matrix.detach().double()
-        sv = _singular_values(a)  # one SVD for both cond(A) and σ_min
+        sv = self._low_rank_singular_values()
+        if sv is None:
+            sv = _singular_values(a)  # one SVD for both cond(A) and σ_min
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         return {
             "cond_A": _condition(sv),
             "min_singular_value_A": math.nan if sv is None else float(sv.min()),
             "inverse_error": float(torch.linalg.matrix_norm(a @ self.inverse.detach().double() - eye)),
         }
+
+    def _low_rank_singular_values(self) -> Tensor | None:
+        r"""The singular values of :math:`A` from :math:`\bar A = I + UV` (rank :math:`r \le 2K_S`).
+
+        With :math:`Q` an orthonormal basis of the columns of :math:`[U, V^\top]`, :math:`\bar A` maps
+        :math:`Q` into itself and is the identity on its orthogonal complement (there :math:`Vx = 0`), so
+        its singular values are those of :math:`Q^\top \bar A Q` and ones; :math:`A = \bar A^{-1}` has
+        their reciprocals. ``None`` when no factors are known or :math:`\bar A` no longer equals them.
+        """
+        if self._low_rank is None:
+            return None
+        u, v = self._low_rank
+        inverse = self.inverse.detach().double()
+        if u.device != inverse.device:
+            return None
+        eye = torch.eye(inverse.shape[0], dtype=inverse.dtype, device=inverse.device)
+        if not torch.allclose(inverse, (eye + u @ v).to(self.inverse).double(), rtol=0.0, atol=1e-6):
+            return None  # Ā was changed after materialise_logit_map
+        q, _ = torch.linalg.qr(torch.cat([u, v.T], dim=1))
+        block_sv = torch.linalg.svdvals(q.T @ (eye + u @ v) @ q)
+        if q.shape[1] < inverse.shape[0]:
+            block_sv = torch.cat([block_sv, block_sv.new_ones(1)])
+        if not bool(torch.isfinite(block_sv).all()) or float(block_sv.min()) <= 0:
+            return None
+        return 1.0 / block_sv
 
     # ------------------------------------------------------------------ label-marginal matching
     @torch.no_grad()
