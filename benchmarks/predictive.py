@@ -83,13 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: the config's)")
     args = parser.parse_args(argv)
 
-    import torch
-
     from tta.benchmark.config import load_config
     from tta.benchmark.report import correlation_table, score_rows
     from tta.benchmark.runner import estimator_names, load_pair_features, pool_scores, run_pair
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     config = load_config(args.config)
     if args.cache_dir is not None:
         config.cache_dir = args.cache_dir
@@ -116,15 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     pool_scores(base, estimators, lambda r: features[r["label"]].target_train, config.estimator_kwargs)
 
     rows = []
-    for variant in args.variants:
-        variant_rows = score_rows(records[variant])
+    by_variant = {variant: score_rows(records[variant]) for variant in args.variants}
+    for variant, variant_rows in by_variant.items():
         for row in variant_rows:
             if row["estimator"] == "tta_bound":
                 rows.append({**row, "estimator": f"tta_bound[{variant}]"})
             elif variant == args.variants[0]:
                 rows.append(row)
         rows.extend(_derived_rows(variant_rows, variant))
-    rows.extend(_oracle_rows(score_rows(base)))
+    rows.extend(_oracle_rows(by_variant[args.variants[0]]))
     held, new = set(args.held_out), set(args.new_backbones)
     splits = {
         "explore": [r for r in rows if r["target"] not in held and r["backbone"] not in new],

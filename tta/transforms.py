@@ -287,7 +287,9 @@ class TaskTransform(nn.Module):
         if not torch.allclose(inverse, (eye + u @ v).to(self.inverse).double(), rtol=0.0, atol=1e-6):
             return None  # Ā was changed after materialise_logit_map
         q, _ = torch.linalg.qr(torch.cat([u, v.T], dim=1))
-        block_sv = torch.linalg.svdvals(q.T @ (eye + u @ v) @ q)
+        # Qᵀ Ā Q = I + (Qᵀ U)(V Q): r x r, without another d x d product
+        block = torch.eye(q.shape[1], dtype=q.dtype, device=q.device) + (q.T @ u) @ (v @ q)
+        block_sv = torch.linalg.svdvals(block)
         if q.shape[1] < inverse.shape[0]:
             block_sv = torch.cat([block_sv, block_sv.new_ones(1)])
         if not bool(torch.isfinite(block_sv).all()) or float(block_sv.min()) <= 0:
