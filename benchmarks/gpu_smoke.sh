@@ -14,7 +14,7 @@ fi
 "$PY" -c "import torch; print('CUDA device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 
 echo "== KeOps on this CUDA set-up (checked in a child process: a broken KeOps segfaults)"
-"$PY" -c "from tta.distances._keops_check import keops_status; works, why = keops_status('cuda'); print('KeOps works' if works else f'KeOps FAILS: {why} -> auto uses tensorized')"
+"$PY" -c "from tta._keops_check import keops_status; works, why = keops_status('cuda'); print('KeOps works' if works else f'KeOps FAILS: {why} -> auto uses tensorized')"
 echo "== Sinkhorn W1 on CUDA: auto (online KeOps where it works) vs tensorized (n per side, d = 512, per-label, K = 10)"
 "$PY" - <<'PYEOF'
 import time, torch

@@ -93,33 +93,39 @@ def variant_config(name: str, default_steps: int | None, select_every: int | Non
 
 
 def make_distance(name: str) -> Any:
-    from tta.distances import AutoDistance, DistanceEstimator, create_distance
+    from tta.distances import (
+        DistanceEstimator,
+        ExactDistance,
+        Solution,
+        SolverReport,
+        TransportProblem,
+        create_distance,
+        pairwise_distances,
+    )
 
     if name == "autograd-w1":
-        from tta.distances.exact import per_label_exact
-
-        class AutogradW1Auto(AutoDistance):
-            """AutoDistance whose per-label exact path differentiates through autograd (before issue 6)."""
-
-            def _per_label(self, x: Any, y: Any, a: Any, b: Any, xl: Any, yl: Any) -> Any:
-                return per_label_exact(self, x, y, a, b, xl, yl, self.exact.max_iter, gradient="autograd")
-
-        return AutogradW1Auto()
+        # the per-label exact path differentiating through autograd (before issue 6)
+        return ExactDistance(gradient="autograd")
     if name != "dense":
         return create_distance(name)
 
-    class DenseGradAuto(AutoDistance):
-        """AutoDistance without the per-label fast path (dense cdist + POT emd2 per class), for timing."""
+    class DenseGradExact(DistanceEstimator):
+        """Exact W1 without the per-label fast path (dense cdist + POT emd2 per class), for timing."""
 
-        def _per_label(self, *args: Any) -> Any:
-            return DistanceEstimator._per_label(self, *args)
+        name = "dense"
 
-        def _unlabelled(self, x: Any, y: Any, a: Any, b: Any) -> Any:
-            from tta.distances.base import pairwise_distances
+        def solve(self, problem: TransportProblem) -> Solution:
+            import ot
+            import torch
 
-            return self.exact._solve(pairwise_distances(x.double(), y.double()), a, b, x.dtype)
+            src, tgt = problem.source, problem.target
+            cost = pairwise_distances(src.points.double(), tgt.points.double())  # (n, m)
+            if problem.label_cost is not None:
+                cost = cost + problem.label_cost * torch.cdist(src.labels.double(), tgt.labels.double())
+            value = ot.emd2(src.weights.double(), tgt.weights.double(), cost)
+            return Solution(value.to(src.points.dtype), (SolverReport("exact-dense"),))
 
-    return DenseGradAuto()
+    return DenseGradExact()
 
 
 def fit_and_evaluate(pair: C.TaskPair, head: Any, config: Any, distance: str, seed: int) -> dict[str, Any]:

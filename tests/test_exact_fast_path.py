@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tta.distances.exact as exact_mod
+import tta.distances._exact as exact_mod
 from tta.distances import AutoDistance, ExactDistance
 from tta.errors import NumericalWarning
 

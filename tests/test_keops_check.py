@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-import tta.distances._keops_check as kc
+import tta._keops_check as kc
 from tta.distances import SinkhornDistance
 from tta.errors import NumericalWarning, TTAInputError
 

@@ -18,8 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tta.distances import AutoDistance, DistanceEstimator, ExactDistance, SubsampledDistance
-from tta.distances.base import pairwise_distances
+from tta.distances import (
+    AutoDistance,
+    DistanceEstimator,
+    ExactDistance,
+    SubsampledDistance,
+    pairwise_distances,
+)
 from tta.fitting import EvalConfig, TransformConfig, evaluate_bound, initialise_transform, learn_transform
 from tta.heads import HeadConfig, fit_linear_head
 from tta.transforms import TaskTransform

@@ -41,8 +41,8 @@ BROKEN_MODULE = "tta_synth_plugin_broken"
 SYNTH_SOURCE = """
 import torch
 from tta.data.datasets import ImageDataset
-from tta.distances.base import DistanceEstimator
-from tta.distances.exact import ExactDistance
+from tta.distances import DistanceEstimator
+from tta.distances import ExactDistance
 from tta.distances import create_distance
 from tta.estimators.base import Estimator
 
@@ -199,7 +199,7 @@ def test_factories_are_checked_and_cached(install):
         ("NUMBER", r"received int instance 3"),
         ("INSTANCE", r"an instance: point the entry point at its class"),
         ("NotADistance", r"not a subclass of tta\.distances\.DistanceEstimator"),
-        ("AbstractDistance", r"abstract \(implement _joint, _unlabelled\)"),
+        ("AbstractDistance", r"abstract \(implement solve\)"),
     ],
 )
 def test_wrong_type_names_the_contract(install, target, match):
@@ -445,7 +445,7 @@ def fake_site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site")
     good = """
         from tta.backbones.base import Backbone, ImagePreprocess
-        from tta.distances.exact import ExactDistance
+        from tta.distances import ExactDistance
 
         class FakeDistance(ExactDistance):
             name = "fake"

@@ -960,7 +960,7 @@ DISTANCES: Registry[Any] = Registry(
     "tta.distances",
     "distance estimator",
     Contract(
-        "tta.distances.base:DistanceEstimator",
+        "tta.distances:DistanceEstimator",
         "factory",
         "a concrete tta.distances.DistanceEstimator subclass, or a callable returning a DistanceEstimator",
     ),

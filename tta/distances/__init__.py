@@ -4,6 +4,13 @@ r"""Order-1 Wasserstein distances between weighted, optionally labelled point cl
     W_1(\mu, \nu) = \min_{\pi \in \Pi(a, b)} \sum_{ij} \pi_{ij}
     \big(\|x_i - y_j\|_2 + \lambda\|l_i - l'_j\|_2\big)
 
+**Layers.** Functions first: :func:`exact_w1`, :func:`sinkhorn_w1`, :func:`auto_w1` and
+:func:`subsampled_w1` take two :class:`LabelledMeasure` and return a frozen :class:`W1Result` (the
+value and its diagnostics); each is the driver :func:`wasserstein_1` (validation, label paths,
+recombination, warnings) over a solver of one balanced problem (:func:`exact_solve`,
+:func:`sinkhorn_solve`...). Estimator classes are thin configured wrappers with one hook,
+:meth:`DistanceEstimator.solve`, which a plugin implements (checked by :mod:`tta.testing`).
+
 Estimators (registered in :data:`tta.plugins.DISTANCES`): ``"exact"`` (:class:`ExactDistance`, POT's
 network simplex), ``"sinkhorn"`` (:class:`SinkhornDistance`, GeomLoss's debiased Sinkhorn with a blur
 relative to the data), ``"auto"`` (:class:`AutoDistance`, exact where affordable) and ``"subsample"``
@@ -16,37 +23,71 @@ from __future__ import annotations
 
 from typing import Any
 
-from tta.distances.auto import AutoDistance
-from tta.distances.base import (
+from tta.distances._auto import AutoDistance, auto_w1
+from tta.distances._estimator import DistanceEstimator
+from tta.distances._exact import (
+    ExactDistance,
+    emd_plan,
+    exact_solve,
+    exact_w1,
+    per_label_exact,
+    transport_cost,
+)
+from tta.distances._functional import PerLabelSolver, Solver, wasserstein_1
+from tta.distances._geometry import (
     DEFAULT_LABEL_COST,
-    DistanceEstimator,
+    MASS_RTOL,
     LabelPath,
+    SoftLabels,
     choose_label_path,
+    data_scale,
     feature_diameter,
     label_marginals,
     pairwise_distances,
 )
-from tta.distances.exact import ExactDistance, emd_plan, transport_cost
-from tta.distances.sinkhorn import SinkhornDistance, data_scale
-from tta.distances.subsample import SubsampledDistance
+from tta.distances._measure import LabelledMeasure, validate_pair
+from tta.distances._sinkhorn import SinkhornDistance, resolve_backend, sinkhorn_solve, sinkhorn_w1
+from tta.distances._subsample import SubsampledDistance, subsampled_solve, subsampled_w1
+from tta.distances._types import CallContext, Solution, SolverReport, TransportProblem, W1Result
 from tta.plugins import DISTANCES
 
 __all__ = [
     "DEFAULT_LABEL_COST",
+    "MASS_RTOL",
     "AutoDistance",
+    "CallContext",
     "DistanceEstimator",
     "ExactDistance",
     "LabelPath",
+    "LabelledMeasure",
+    "PerLabelSolver",
     "SinkhornDistance",
+    "SoftLabels",
+    "Solution",
+    "Solver",
+    "SolverReport",
     "SubsampledDistance",
+    "TransportProblem",
+    "W1Result",
+    "auto_w1",
     "choose_label_path",
     "create_distance",
     "data_scale",
     "emd_plan",
+    "exact_solve",
+    "exact_w1",
     "feature_diameter",
     "label_marginals",
     "pairwise_distances",
+    "per_label_exact",
+    "resolve_backend",
+    "sinkhorn_solve",
+    "sinkhorn_w1",
+    "subsampled_solve",
+    "subsampled_w1",
     "transport_cost",
+    "validate_pair",
+    "wasserstein_1",
 ]
 
 

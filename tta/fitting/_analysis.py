@@ -391,7 +391,7 @@ class Analysis(nn.Module):
         """
         device = self.source_head.weight.device
         source_test, target_test = _to(features.source_test, device), _to(features.target_test, device)
-        with self.warning_log.capture("test", self.eval_distance):
+        with self.warning_log.capture("test"):
             report = evaluate_bound(
                 self.transform,
                 self.source_head,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tta import bound as B
+from tta.distances import LabelledMeasure
 from tta.fitting._config import EvalConfig
 from tta.results._types import BoundReport
 from tta.transforms import TaskTransform
@@ -56,8 +57,8 @@ def prepare_evaluation(transform: TaskTransform, target_labels: Tensor, config: 
 
 def _classwise_w1(
     distance: Any, x: Tensor, x_hard: Tensor, y: Tensor, y_labels: Tensor, num_classes: int
-) -> Tensor:
-    total, used = x.new_zeros(()), 0
+) -> tuple[Tensor, dict[str, Any]]:
+    total, results = x.new_zeros(()), []
     for t in range(num_classes):
         xs, yt = x[x_hard == t], y[y_labels == t]
         if xs.shape[0] == 0 or yt.shape[0] == 0:
@@ -65,9 +66,19 @@ def _classwise_w1(
                 f"classwise W1: target class {t} has {yt.shape[0]} target and {xs.shape[0]} mapped reference "
                 "points; every class needs both (use w_eval='joint')"
             )
-        total = total + distance(xs, yt)
-        used += 1
-    return total / used
+        result = distance.estimate(LabelledMeasure(xs), LabelledMeasure(yt))
+        total = total + result.value
+        results.append(result)
+    info = {
+        "estimator": results[0].estimator,
+        "path": "classwise",
+        "solver": "+".join(sorted({s for r in results for s in (r.solver or "").split("+") if s})) or None,
+        "converged": all(r.converged for r in results),
+        "warning": next((r.warning for r in results if r.warning), None),
+        "num_subproblems": sum(len(r.subproblems) for r in results),
+        "seconds": sum(r.seconds for r in results),
+    }
+    return total / len(results), info
 
 
 def _plain(info: dict[str, Any]) -> dict[str, Any]:
@@ -199,10 +210,14 @@ def evaluate_bound(
         counts = B.class_counts(y_s, k_s).to(prior)
         a = prior[y_s] / counts[y_s]
         b = torch.full((z_t.shape[0],), 1.0 / z_t.shape[0], dtype=x.dtype, device=x.device)
-        w1 = distance(x, z_t, a, b, label_map.T[y_s], F.one_hot(y_t, k_t).to(x), label_cost)
+        result = distance.estimate(
+            LabelledMeasure(x, a, label_map.T[y_s]),
+            LabelledMeasure(z_t, b, F.one_hot(y_t, k_t).to(x)),
+            label_cost,
+        )
+        w1, distance_info = result.value, result.to_dict()
     else:
-        w1 = _classwise_w1(distance, x, label_map.argmax(dim=0)[y_s], z_t, y_t, k_t)
-    distance_info = dict(getattr(distance, "diagnostics", {}) or {})
+        w1, distance_info = _classwise_w1(distance, x, label_map.argmax(dim=0)[y_s], z_t, y_t, k_t)
 
     if config.tau_mode == "full":
         tau = B.lipschitz_constant([x, z_t], w, c, log_b, inverse, t.shift)

@@ -158,29 +158,22 @@ class WarningLog:
         entry["count"] += 1
 
     @contextlib.contextmanager
-    def capture(self, where: str, distance: Any = None) -> Iterator[None]:
+    def capture(self, where: str) -> Iterator[None]:
         """Record the numerical warnings raised in the block.
+
+        A distance whose solver did not converge says so by a :class:`~tta.errors.NumericalWarning`
+        (the driver :func:`tta.distances.wasserstein_1` warns for every estimator), so it lands here.
 
         Args:
             where: Where the block runs (for the record).
-            distance: A distance estimator whose ``diagnostics["converged"]`` is read after the block.
         """
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
-        numerical = 0
         for w in caught:
             if issubclass(w.category, NumericalWarning):
-                numerical += 1
                 self.add(str(w.message), where)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=self._registry)
-        info = getattr(distance, "diagnostics", None) or {}
-        if info.get("converged") is False and not numerical:
-            self.add(
-                f"{info.get('estimator', 'distance')}: the OT solver did not converge "
-                f"({info.get('warning') or 'no detail'}); W1 is unreliable",
-                where,
-            )
 
     def messages(self) -> list[str]:
         """One string per distinct message: ``message [×count, first at where]``."""

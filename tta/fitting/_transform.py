@@ -112,7 +112,7 @@ class TransformFitter:
 
     def _start(self) -> None:
         """The initial state: cond(A) and the selection score of step ``-1``."""
-        with self.warning_log.capture("transform step 0", self.distance):
+        with self.warning_log.capture("transform step 0"):
             if self.guard.due(-1):
                 self.guard.check(self.transform, -1)
             if self.best is not None:
@@ -151,7 +151,7 @@ class TransformFitter:
         if not self.started:
             self._start()
         where = f"transform step {step}"
-        with self.warning_log.capture(where, self.distance):
+        with self.warning_log.capture(where):
             objective, parts = step_objective(
                 self.transform,
                 self.head,
@@ -171,7 +171,7 @@ class TransformFitter:
         check_finite_gradients(self.transform, step)
         opt.step()
         record = {k: float(v) for k, v in parts.items()}
-        with self.warning_log.capture(where, self.distance):
+        with self.warning_log.capture(where):
             if self.guard.due(step):
                 well_conditioned = self.guard.check(self.transform, step)
                 record["cond_A"] = float(self.guard.last_condition or math.nan)

@@ -20,8 +20,9 @@ projections) on W₁'s scale, equal to it for a translation. It is **not** an up
 tta reports with it as ``eval_distance`` is an estimate, not a certificate: use it as the training
 ``distance`` of large problems and keep ``exact``/``sinkhorn``/``auto`` as ``eval_distance``.
 
-**Labels.** The per-label path of :class:`~tta.distances.DistanceEstimator` calls the unlabelled
-estimator once per class. The joint path slices the concatenation :math:`(x, \lambda l)` in
+**Labels.** The per-label path of the driver (:func:`tta.distances.wasserstein_1`) calls
+:meth:`~SlicedWassersteinDistance.solve` once per class with the cost :math:`\|x - y\|`.
+The joint path slices the concatenation :math:`(x, \lambda l)` in
 :math:`d + K` dimensions; since :math:`\|(x - y, \lambda (l - l'))\| \le \|x - y\| + \lambda\|l - l'\|`,
 this stays a lower bound of the joint :math:`W_1`.
 
@@ -42,7 +43,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from tta.distances.base import DistanceEstimator, SoftLabels
+from tta.distances import DistanceEstimator, SoftLabels, Solution, SolverReport, TransportProblem
 
 __all__ = ["SlicedWassersteinDistance", "sliced_wasserstein", "sphere_mean_abs", "wasserstein_1d"]
 
@@ -167,21 +168,26 @@ class SlicedWassersteinDistance(DistanceEstimator):
             self._fixed[dim] = theta
         return theta
 
-    def _begin(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, diameter: float) -> None:
-        super()._begin(x, y, a, b, diameter)
-        self._calls += 1
-        self._ctx["directions"] = {}
+    def solve(self, problem: TransportProblem) -> Solution:
+        r"""One balanced problem: the sliced estimate of its :math:`W_1` (the estimator's one hook).
 
-    def _directions(self, dim: int, device: torch.device) -> Tensor:
-        cache = self._ctx.setdefault("directions", {})
-        if dim not in cache:
-            cache[dim] = self.directions(dim).to(device)
-        return cache[dim]
+        Args:
+            problem: Measures of mass 1; with ``problem.label_cost`` λ, the points are sliced with their
+                scaled labels appended, :math:`(x, \lambda l)`.
 
-    def _sliced(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        Returns:
+            The estimate (float64 inside, returned in the dtype of the points) and one report.
+        """
         start = time.perf_counter()
+        src, tgt = problem.source, problem.target
+        x, y, a, b = src.points, tgt.points, src.weights, tgt.weights
+        assert a is not None and b is not None  # the driver normalises
+        if problem.label_cost is not None:
+            assert src.labels is not None and tgt.labels is not None
+            x = torch.cat([x, problem.label_cost * src.labels.to(x.dtype)], dim=1)  # (n, d + K)
+            y = torch.cat([y, problem.label_cost * tgt.labels.to(y.dtype)], dim=1)  # (m, d + K)
         dim = x.shape[1]
-        theta = self._directions(dim, x.device)  # (L, dim)
+        theta = self._directions(problem, dim, x.device)  # (L, dim)
         x64, y64, a64, b64 = x.double(), y.double(), a.double(), b.double()
         per_chunk = max(1, _MAX_ELEMENTS // (x.shape[0] + y.shape[0]))
         total = x64.new_zeros(())
@@ -191,34 +197,28 @@ class SlicedWassersteinDistance(DistanceEstimator):
         value = total / self.num_projections
         if self.normalize:
             value = value / sphere_mean_abs(dim)
-        self._record(
-            solver="sliced",
-            converged=True,
-            warning=None,
-            num_projections=self.num_projections,
-            dim=dim,
-            normalize=self.normalize,
-            seed=self.seed,
+        report = SolverReport(
+            "sliced",
             seconds=time.perf_counter() - start,
+            extra={
+                "num_projections": self.num_projections,
+                "dim": dim,
+                "normalize": self.normalize,
+                "seed": self.seed,
+            },
         )
-        return value.to(x.dtype)
+        return Solution(value.to(src.points.dtype), (report,))
 
-    def _unlabelled(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return self._sliced(x, y, a, b)
-
-    def _joint(
-        self,
-        x: Tensor,
-        y: Tensor,
-        a: Tensor,
-        b: Tensor,
-        x_labels: Tensor,
-        y_labels: Tensor,
-        label_cost: float,
-    ) -> Tensor:
-        xs = torch.cat([x, label_cost * x_labels.to(x.dtype)], dim=1)  # (n, d + K)
-        yt = torch.cat([y, label_cost * y_labels.to(y.dtype)], dim=1)  # (m, d + K)
-        return self._sliced(xs, yt, a, b)
+    def _directions(self, problem: TransportProblem, dim: int, device: torch.device) -> Tensor:
+        """The call's directions for ``dim`` (drawn once per call, kept in the call's memo)."""
+        key = ("sliced_wasserstein", id(self))
+        cache = problem.context.memo.get(key)
+        if cache is None:  # the first subproblem of a new call
+            self._calls += 1
+            cache = problem.context.memo[key] = {}
+        if dim not in cache:
+            cache[dim] = self.directions(dim).to(device)
+        return cache[dim]
 
 
 def sliced_wasserstein(

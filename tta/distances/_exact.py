@@ -4,8 +4,9 @@ r"""Exact W₁ by the network simplex (POT ``ot.emd2``), differentiable through 
     W_1(a, b; C) = \min_{\pi \ge 0,\ \pi 1 = a,\ \pi^\top 1 = b} \langle \pi, C \rangle
 
 The value's gradient is the optimal plan w.r.t. :math:`C` (hence, through :math:`C = \|x_i - y_j\|`,
-w.r.t. the points) and the centred dual potentials w.r.t. :math:`a` and :math:`b` [1]_. On the per-label
-path (:func:`per_label_exact`) these gradients are computed in closed form without autograd (envelope
+w.r.t. the points) and the centred dual potentials w.r.t. :math:`a` and :math:`b` [1]_. :func:`exact_w1` is
+the functional form, :class:`ExactDistance` the estimator over it. On the per-label path
+(:func:`per_label_exact`) these gradients are computed in closed form without autograd (envelope
 theorem) and the value enters the graph once; a network simplex stopped at ``max_iter`` is reported by
 one :class:`tta.errors.NumericalWarning` per call.
 
@@ -24,17 +25,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tta.distances.base import (
+from tta.distances._estimator import DistanceEstimator
+from tta.distances._functional import wasserstein_1
+from tta.distances._geometry import (
     MASS_RTOL,
-    DistanceEstimator,
     SoftLabels,
-    _label_distances,
+    label_distances,
     label_marginals,
     pairwise_distances,
 )
+from tta.distances._measure import LabelledMeasure
+from tta.distances._types import CallContext, Solution, SolverReport, TransportProblem, W1Result
 from tta.plugins import DISTANCES
 
-__all__ = ["ExactDistance", "emd_plan", "per_label_exact", "transport_cost"]
+__all__ = ["ExactDistance", "emd_plan", "exact_solve", "exact_w1", "per_label_exact", "transport_cost"]
 
 _OPTIMAL = 1  # POT's result code for an optimal solution
 
@@ -221,25 +225,20 @@ class _Envelope(torch.autograd.Function):
 
 
 def per_label_exact(
-    estimator: DistanceEstimator,
-    x: Tensor,
-    y: Tensor,
-    a: Tensor,
-    b: Tensor,
-    x_labels: Tensor,
-    y_labels: Tensor,
+    source: LabelledMeasure,
+    target: LabelledMeasure,
     max_iter: int = 1_000_000,
     max_points: int | None = None,
     gradient: GradientMode = "closed_form",
-) -> Tensor:
+) -> Solution:
     r"""The per-label decomposition solved exactly, one network simplex per class (fast path).
 
     .. math::
         W_1(\mu, \nu) = \sum_k m_k \, W_1\big(\mu_k / m_k, \; \nu_k / m_k\big),
         \qquad m_k = \tfrac12\Big(\sum_i a_i l_{ik} + \sum_j b_j l'_{jk}\Big)
 
-    Same value and gradient as :meth:`DistanceEstimator._per_label` with :class:`ExactDistance` (to
-    float64 round-off). Reports one ``diagnostics["subproblems"]`` record per class into ``estimator``.
+    Same value and gradient as the driver's per-class loop with :func:`exact_solve` (to float64
+    round-off). Reports one :class:`~tta.distances.SolverReport` per class.
 
     With ``gradient="closed_form"`` (default) nothing of the solve enters autograd. By the envelope
     (Danskin) theorem the derivative of each class value at its optimal plan :math:`P^k` and dual
@@ -268,27 +267,27 @@ def per_label_exact(
     second derivative through it raises instead of silently dropping the plan's dependence on the points.
 
     Args:
-        estimator: The estimator whose diagnostics receive the records.
-        x: Source points ``(n, d)``.
-        y: Target points ``(m, d)``.
-        a: Source weights ``(n,)`` (the caller's normalisation).
-        b: Target weights ``(m,)``.
-        x_labels: Source label vectors ``(n, K)``.
-        y_labels: Target label vectors ``(m, K)``.
+        source: Source measure, with weights (the caller's normalisation) and labels ``(n, K)``.
+        target: Target measure, with weights and labels ``(m, K)``.
         max_iter: Network-simplex iteration limit per class.
         max_points: Largest class problem (points on one side); ``None``: no limit.
         gradient: ``"closed_form"`` or ``"autograd"``.
 
     Returns:
-        :math:`W_1`, a scalar in the dtype of ``x``.
+        :math:`W_1` (a scalar in the dtype of the source points) and one report per class.
 
     Raises:
-        ValueError: On an unknown ``gradient`` or a class problem larger than ``max_points``.
+        ValueError: On an unknown ``gradient``, missing weights or labels, or a class problem larger
+            than ``max_points``.
     """
+    x, y, a, b = source.points, target.points, source.weights, target.weights
+    x_labels, y_labels = source.labels, target.labels
+    if a is None or b is None or x_labels is None or y_labels is None:
+        raise ValueError("per_label_exact needs weights and labels on both measures")
     if gradient == "closed_form":
-        return _per_label_closed_form(estimator, x, y, a, b, x_labels, y_labels, max_iter, max_points)
+        return _per_label_closed_form(x, y, a, b, x_labels, y_labels, max_iter, max_points)
     if gradient == "autograd":
-        return _per_label_autograd(estimator, x, y, a, b, x_labels, y_labels, max_iter, max_points)
+        return _per_label_autograd(x, y, a, b, x_labels, y_labels, max_iter, max_points)
     raise ValueError(f"gradient must be 'closed_form' or 'autograd', got {gradient!r}")
 
 
@@ -301,7 +300,6 @@ def _too_large(n_k: int, m_k: int, k: int, max_points: int) -> ValueError:
 
 
 def _per_label_closed_form(
-    estimator: DistanceEstimator,
     x: Tensor,
     y: Tensor,
     a: Tensor,
@@ -310,7 +308,7 @@ def _per_label_closed_form(
     y_labels: Tensor,
     max_iter: int,
     max_points: int | None,
-) -> Tensor:
+) -> Solution:
     """:func:`per_label_exact` with the closed-form (envelope) gradient; see there."""
     import numpy as np
     import ot
@@ -348,6 +346,7 @@ def _per_label_closed_form(
             else None
         )
 
+        reports: list[SolverReport] = []
         values = np.zeros(x_labels.shape[1])  # (K,) W1 of each class problem (0 if inactive)
         g_wa = np.zeros_like(wa_all) if needs[2] or needs[4] else None  # (n, K)
         g_wb = np.zeros_like(wb_all) if needs[3] or needs[5] else None  # (m, K)
@@ -372,16 +371,18 @@ def _per_label_closed_form(
                 plan, log = ot.emd(pa, pb * (pa.sum() / pb.sum()), cost, numItermax=int(max_iter), log=True)
             code = int(log["result_code"])
             values[k] = float(log["cost"])
-            estimator._record(
-                solver="exact",
-                seconds=time.perf_counter() - start,
-                n=int(ia.size),
-                m=int(ib.size),
-                label=k,
-                converged=code == _OPTIMAL,
-                warning=log["warning"],
-                result_code=code,
-                max_iter=int(max_iter),
+            reports.append(
+                SolverReport(
+                    "exact",
+                    converged=code == _OPTIMAL,
+                    warning=log["warning"],
+                    seconds=time.perf_counter() - start,
+                    n=int(ia.size),
+                    m=int(ib.size),
+                    label=k,
+                    max_iter=int(max_iter),
+                    extra={"result_code": code},
+                )
             )
             if g_wa is not None:
                 u = np.asarray(log["u"])
@@ -425,7 +426,7 @@ def _per_label_closed_form(
     out = torch.tensor(value, dtype=torch.float64, device=x.device)
     if any(needs):
         out = _Envelope.apply(out, tuple(grads), *inputs)
-    return out.to(x.dtype)
+    return Solution(out.to(x.dtype), tuple(reports))
 
 
 def _accurate_distances(x: Tensor, y: Tensor) -> Tensor:
@@ -485,7 +486,6 @@ def _point_gradients(
 
 
 def _per_label_autograd(
-    estimator: DistanceEstimator,
     x: Tensor,
     y: Tensor,
     a: Tensor,
@@ -494,13 +494,14 @@ def _per_label_autograd(
     y_labels: Tensor,
     max_iter: int,
     max_points: int | None,
-) -> Tensor:
+) -> Solution:
     """:func:`per_label_exact` with the gradient assembled through autograd (the previous path)."""
     mass_src = label_marginals(a, x_labels)  # (K,)
     mass_tgt = label_marginals(b, y_labels)  # (K,)
     with torch.no_grad():
         active = ((mass_src > 0) & (mass_tgt > 0)).nonzero().flatten().tolist()
     value = x.new_zeros((), dtype=torch.float64)
+    reports: list[SolverReport] = []
     for k in active:
         wa = a * x_labels[:, k]  # (n,)
         wb = b * y_labels[:, k]  # (m,)
@@ -512,17 +513,115 @@ def _per_label_autograd(
         m_k = 0.5 * (mass_src[k] + mass_tgt[k])
         start = time.perf_counter()
         w_k, info = _emd_sparse_value(xs, yt, wa / wa.sum(), wb / wb.sum(), max_iter)
-        estimator._record(
-            solver="exact",
-            seconds=time.perf_counter() - start,
-            n=int(xs.shape[0]),
-            m=int(yt.shape[0]),
-            label=k,
-            max_iter=int(max_iter),
-            **info,
+        reports.append(
+            _report(info, time.perf_counter() - start, max_iter).replace(
+                n=int(xs.shape[0]), m=int(yt.shape[0]), label=k
+            )
         )
         value = value + m_k.double() * w_k
-    return value.to(x.dtype)
+    return Solution(value.to(x.dtype), tuple(reports))
+
+
+def _report(info: dict[str, Any], seconds: float, max_iter: int) -> SolverReport:
+    """The report of one network-simplex solve from its POT log summary."""
+    return SolverReport(
+        "exact",
+        converged=bool(info["converged"]),
+        warning=info["warning"],
+        seconds=seconds,
+        max_iter=int(max_iter),
+        extra={"result_code": info["result_code"]},
+    )
+
+
+def _check_size(n: int, m: int, max_points: int) -> None:
+    if max(n, m) > max_points:
+        raise ValueError(
+            f"ExactDistance refuses an OT problem with {n} x {m} points (more than max_points = "
+            f"{max_points} on one side): its dense float64 cost matrix would take "
+            f"{8 * n * m / 2**30:.1f} GiB and the network simplex scales like n^3. Use the 'sinkhorn' "
+            "estimator (SinkhornDistance) or 'auto' (AutoDistance), or raise max_points."
+        )
+
+
+def exact_solve(problem: TransportProblem, max_iter: int = 1_000_000, max_points: int = 20_000) -> Solution:
+    r"""One balanced OT problem solved exactly by the network simplex, in float64.
+
+    .. math::
+        W_1 = \min_{\pi \in \Pi(a, b)} \sum_{ij} \pi_{ij}\, C_{ij}, \qquad
+        C_{ij} = \|x_i - y_j\|_2 \;[+\, \lambda \|l_i - l'_j\|_2]
+
+    Unlabelled, the gradient is assembled from the plan's nonzeros (:math:`O((n + m) d)` backward);
+    with a label cost, through ``ot.emd2`` on the dense joint cost.
+
+    Args:
+        problem: The problem (measures of mass 1).
+        max_iter: Network-simplex iteration limit (POT's ``numItermax``).
+        max_points: Largest number of points on either side.
+
+    Returns:
+        The value (in the dtype of the source points) and one report.
+
+    Raises:
+        ValueError: If a side has more than ``max_points`` points.
+    """
+    src, tgt = problem.source, problem.target
+    x, y, a, b = src.points, tgt.points, src.weights, tgt.weights
+    assert a is not None and b is not None  # the driver normalises
+    _check_size(x.shape[0], y.shape[0], max_points)
+    start = time.perf_counter()
+    if problem.label_cost is None:
+        value, info = _emd_sparse_value(x, y, a, b, max_iter)
+    else:
+        assert src.labels is not None and tgt.labels is not None
+        cost = pairwise_distances(x.double(), y.double())  # (n, m)
+        cost = cost + problem.label_cost * label_distances(src.labels.double(), tgt.labels.double())
+        value, info = _emd2(cost, a.double(), b.double(), max_iter)
+    return Solution(value.to(x.dtype), (_report(info, time.perf_counter() - start, max_iter),))
+
+
+def exact_w1(
+    source: LabelledMeasure,
+    target: LabelledMeasure,
+    *,
+    label_cost: float | None = None,
+    soft_labels: SoftLabels = "mixture",
+    max_iter: int = 1_000_000,
+    max_points: int = 20_000,
+    gradient: GradientMode = "closed_form",
+) -> W1Result:
+    r"""Exact :math:`W_1(\mu, \nu)` by the network simplex (POT), with its diagnostics.
+
+    The functional form of :class:`ExactDistance` (same arguments; see there for cost and accuracy).
+
+    Args:
+        source: Source measure.
+        target: Target measure of the same total mass.
+        label_cost: λ; ``None`` means ``1e6``. Ignored without labels.
+        soft_labels: ``"mixture"`` or ``"vector"`` (:func:`tta.distances.wasserstein_1`).
+        max_iter: Network-simplex iteration limit per OT problem.
+        max_points: Largest number of points on either side of one OT problem.
+        gradient: Per-label path gradient, ``"closed_form"`` or ``"autograd"`` (:func:`per_label_exact`).
+
+    Returns:
+        The :class:`~tta.distances.W1Result` (``estimator="exact"``).
+    """
+
+    def solve(problem: TransportProblem) -> Solution:
+        return exact_solve(problem, max_iter, max_points)
+
+    def per_label(src: LabelledMeasure, tgt: LabelledMeasure, _: CallContext) -> Solution:
+        return per_label_exact(src, tgt, max_iter, max_points, gradient=gradient)
+
+    return wasserstein_1(
+        source,
+        target,
+        solve,
+        label_cost=label_cost,
+        soft_labels=soft_labels,
+        estimator="exact",
+        per_label=per_label,
+    )
 
 
 @DISTANCES.register("exact")
@@ -536,9 +635,9 @@ class ExactDistance(DistanceEstimator):
     optimal plan) and ``a``, ``b`` (the centred dual potentials). Memory is :math:`O(nm)` (a float64
     cost matrix: 3.2 GB at 20 000 × 20 000) and time grows roughly like :math:`n^3` (measured on 2 CPU
     cores at d = 64: 0.45 s at n = 1000, 2.7 s at n = 2000; DESIGN §3: 6 s at 5000, 252 s at 20 000).
-    Non-convergence (``max_iter`` reached) is reported in ``diagnostics["converged"]`` /
-    ``["warning"]`` (and per subproblem in ``diagnostics["subproblems"]``) and by one
-    :class:`tta.errors.NumericalWarning` per call naming the failed subproblems.
+    Non-convergence (``max_iter`` reached) is reported in the result (``converged``, ``warning``, and
+    per subproblem in ``subproblems``) and by one :class:`tta.errors.NumericalWarning` per call naming
+    the failed subproblems. The functional form is :func:`exact_w1`.
 
     Args:
         max_iter: Maximum number of network-simplex iterations per OT problem (POT's ``numItermax``).
@@ -575,46 +674,19 @@ class ExactDistance(DistanceEstimator):
             f"soft_labels={self.soft_labels!r}{grad})"
         )
 
-    def _check_size(self, n: int, m: int) -> None:
-        if max(n, m) > self.max_points:
-            raise ValueError(
-                f"ExactDistance refuses an OT problem with {n} x {m} points (more than max_points = "
-                f"{self.max_points} on one side): its dense float64 cost matrix would take "
-                f"{8 * n * m / 2**30:.1f} GiB and the network simplex scales like n^3. Use the 'sinkhorn' "
-                "estimator (SinkhornDistance) or 'auto' (AutoDistance), or raise max_points."
-            )
+    def solve(self, problem: TransportProblem) -> Solution:
+        """One problem by :func:`exact_solve` with this estimator's limits."""
+        return exact_solve(problem, self.max_iter, self.max_points)
 
-    def _solve(self, cost: Tensor, a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
-        start = time.perf_counter()
-        value, info = _emd2(cost, a.double(), b.double(), self.max_iter)
-        self._record(solver="exact", seconds=time.perf_counter() - start, max_iter=self.max_iter, **info)
-        return value.to(dtype)
-
-    def _unlabelled(self, x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        self._check_size(x.shape[0], y.shape[0])
-        start = time.perf_counter()
-        value, info = _emd_sparse_value(x, y, a, b, self.max_iter)
-        self._record(solver="exact", seconds=time.perf_counter() - start, max_iter=self.max_iter, **info)
-        return value.to(x.dtype)
-
-    def _per_label(
-        self, x: Tensor, y: Tensor, a: Tensor, b: Tensor, x_labels: Tensor, y_labels: Tensor
-    ) -> Tensor:
-        return per_label_exact(
-            self, x, y, a, b, x_labels, y_labels, self.max_iter, self.max_points, gradient=self.gradient
+    def _compute(
+        self, source: LabelledMeasure, target: LabelledMeasure, label_cost: float | None
+    ) -> W1Result:
+        return exact_w1(
+            source,
+            target,
+            label_cost=label_cost,
+            soft_labels=self.soft_labels,
+            max_iter=self.max_iter,
+            max_points=self.max_points,
+            gradient=self.gradient,
         )
-
-    def _joint(
-        self,
-        x: Tensor,
-        y: Tensor,
-        a: Tensor,
-        b: Tensor,
-        x_labels: Tensor,
-        y_labels: Tensor,
-        label_cost: float,
-    ) -> Tensor:
-        self._check_size(x.shape[0], y.shape[0])
-        cost = pairwise_distances(x.double(), y.double())  # (n, m)
-        cost = cost + label_cost * _label_distances(x_labels.double(), y_labels.double())  # (n, m)
-        return self._solve(cost, a, b, x.dtype)
