@@ -5,8 +5,10 @@ docstrings): exact EMD agrees with ``ot.emd2`` to float32 round-off (< 2e-7 rela
 debiased Sinkhorn with the default blur 0.01 underestimates W₁ by 1.0-2.3% (d = 64 / d = 5), so 3%;
 with blur 0.001 by 0.2-1.0%, so 1.5%.
 
-``DistanceEstimatorTests`` is a mixin: a third-party estimator gets the same checks by subclassing
-it and setting ``make`` and the tolerances.
+The shared checks live in the package (``tta.testing.DistanceEstimatorTests``, with the contract
+``tta.testing.check_distance_estimator``): a third-party estimator gets the same checks by subclassing
+the mixin and setting ``make`` and the tolerances; test_distance_contract.py runs the contract on every
+registered name.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
 import pytest
 import scipy.stats
 import torch
-import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tta.distances import (
@@ -40,238 +39,15 @@ from tta.distances import (
     label_marginals,
 )
 from tta.plugins import DISTANCES, PluginNotFoundError
+from tta.testing import DistanceEstimatorTests
+from tta.testing import labelled_clouds as _labelled
+from tta.testing import matching_target_weights as _matching_target_weights
+from tta.testing import random_clouds as _clouds
+from tta.testing import reference_w1 as _reference_w1
 
 ROOT = Path(__file__).resolve().parents[1]
 LAMBDA = 1e6
 SQRT2 = math.sqrt(2.0)
-
-
-# ----------------------------------------------------------------------------- reference oracles
-def _reference_w1(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    a: torch.Tensor | None = None,
-    b: torch.Tensor | None = None,
-    x_labels: torch.Tensor | None = None,
-    y_labels: torch.Tensor | None = None,
-    label_cost: float = LAMBDA,
-    soft_labels: str = "mixture",
-) -> float:
-    """``ot.emd2`` in float64 on the full ground cost, labels expanded by hand (mixture convention)."""
-    import ot
-
-    xs, ys = x.detach().double().numpy(), y.detach().double().numpy()
-    n, m = len(xs), len(ys)
-    wa = np.full(n, 1 / n) if a is None else a.detach().double().numpy()
-    wb = np.full(m, 1 / m) if b is None else b.detach().double().numpy()
-    if x_labels is None:
-        cost = np.linalg.norm(xs[:, None] - ys[None], axis=-1)
-        return float(ot.emd2(wa / wa.sum(), wb / wb.sum(), cost, numItermax=10**7) * wa.sum())
-    lx, ly = x_labels.detach().double().numpy(), y_labels.detach().double().numpy()
-    if soft_labels == "mixture":  # atom (z_i, l_i) -> atoms (z_i, e_k) with mass w_i l_ik
-        k = lx.shape[1]
-        src = [(xs[i], np.eye(k)[c], wa[i] * lx[i, c]) for i in range(n) for c in range(k) if lx[i, c] > 0]
-        tgt = [(ys[j], np.eye(k)[c], wb[j] * ly[j, c]) for j in range(m) for c in range(k) if ly[j, c] > 0]
-        xs, lx, wa = (np.array(v) for v in zip(*src))
-        ys, ly, wb = (np.array(v) for v in zip(*tgt))
-    cost = np.linalg.norm(xs[:, None] - ys[None], axis=-1) + label_cost * np.linalg.norm(
-        lx[:, None] - ly[None], axis=-1
-    )
-    mass = 0.5 * (wa.sum() + wb.sum())
-    return float(ot.emd2(wa / wa.sum(), wb / wb.sum(), cost, numItermax=10**7) * mass)
-
-
-def _clouds(n: int, m: int, d: int, seed: int, weighted: bool = False, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=dtype)
-    y = 1.2 * torch.randn(m, d, generator=g, dtype=dtype) + 0.3
-    if not weighted:
-        return x, y, None, None
-    a = torch.rand(n, generator=g, dtype=dtype) + 0.1
-    b = torch.rand(m, generator=g, dtype=dtype) + 0.1
-    return x, y, a / a.sum(), b / b.sum()
-
-
-def _labelled(n: int, d: int, k: int, seed: int, shift: int = 0, soft: bool = False):
-    """Balanced classes with separated means; ``shift`` relabels the target, ``soft`` blurs source labels."""
-    g = torch.Generator().manual_seed(seed)
-    means = 3.0 * torch.randn(k, d, generator=g)
-    cls = torch.arange(n) % k
-    x = means[cls] + torch.randn(n, d, generator=g)
-    y = means[cls] + 0.5 + torch.randn(n, d, generator=g)
-    x_labels = F.one_hot(cls, k).float()
-    if soft:
-        x_labels = torch.softmax(4.0 * x_labels + torch.randn(n, k, generator=g), dim=1)
-    y_labels = F.one_hot((cls + shift) % k, k).float()
-    return x, y, x_labels, y_labels
-
-
-def _matching_target_weights(a: torch.Tensor, x_labels: torch.Tensor, y_labels: torch.Tensor) -> torch.Tensor:
-    """Target weights whose class masses equal the source's (uniform within each target class).
-
-    In float64: at λ = 1e6 a class-mass gap of float32 round-off (1e-8) already adds λ√2·1e-8 ≈ 0.01 to
-    the joint EMD, which the per-label path (tolerance 1e-6) rightly ignores.
-    """
-    a, x_labels, y_labels = a.double(), x_labels.double(), y_labels.double()
-    mass = label_marginals(a, x_labels)  # (K,)
-    cls = y_labels.argmax(1)
-    counts = torch.bincount(cls, minlength=y_labels.shape[1]).to(a)
-    return mass[cls] / counts[cls]
-
-
-# ------------------------------------------------------------------------- shared estimator tests
-class DistanceEstimatorTests:
-    """Checks every estimator must pass; subclasses set ``make`` and the tolerances."""
-
-    rtol_random: ClassVar[float]  # vs ot.emd2 on random clouds
-    rtol_closed_form: ClassVar[float]  # translated cloud, Dirac masses, 1-D
-    rtol_joint: ClassVar[float]  # labelled, λ = 1e6, whole value
-    rtol_1d: ClassVar[float | None] = None  # 1-D clouds vs scipy; None: skipped
-
-    def make(self) -> DistanceEstimator:
-        raise NotImplementedError
-
-    # One mixin method runs under several test classes: the estimator, not the data, differs.
-    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
-    @given(
-        p=st.lists(st.floats(-10, 10), min_size=3, max_size=3),
-        q=st.lists(st.floats(-10, 10), min_size=3, max_size=3),
-    )
-    def test_dirac_masses(self, p: list[float], q: list[float]) -> None:
-        x, y = torch.tensor([p], dtype=torch.float64), torch.tensor([q], dtype=torch.float64)
-        dist = float((x - y).norm())
-        # GeomLoss clamps squared distances at 1e-8, hence the 1e-4 absolute floor.
-        assert float(self.make()(x, y)) == pytest.approx(dist, rel=self.rtol_closed_form, abs=1e-4)
-
-    def test_translated_cloud(self) -> None:
-        x, _, a, _ = _clouds(200, 150, 5, seed=3, weighted=True)
-        v = torch.tensor([0.3, -0.2, 0.1, 0.5, 0.0])
-        value = self.make()(x, x + v, a, a)
-        assert float(value) == pytest.approx(float(v.norm()), rel=self.rtol_closed_form)
-
-    def test_one_dimensional_vs_scipy(self) -> None:
-        if self.rtol_1d is None:
-            pytest.skip("1-D is a documented limitation of this estimator (see its docstring)")
-        x, y, a, b = _clouds(120, 90, 1, seed=4, weighted=True, dtype=torch.float64)
-        expected = scipy.stats.wasserstein_distance(x[:, 0], y[:, 0], a, b)
-        assert float(self.make()(x, y, a, b)) == pytest.approx(expected, rel=self.rtol_1d)
-
-    @pytest.mark.parametrize("d", [5, 64])
-    @pytest.mark.parametrize("weighted", [False, True])
-    def test_random_clouds_vs_pot(self, d: int, weighted: bool) -> None:
-        x, y, a, b = _clouds(200, 150, d, seed=d + weighted, weighted=weighted)
-        est = self.make()
-        value = est(x, y, a, b)
-        assert value.dtype == torch.float32 and value.dim() == 0
-        assert float(value) == pytest.approx(_reference_w1(x, y, a, b), rel=self.rtol_random)
-        assert est.diagnostics["path"] == "unlabelled"
-        assert est.diagnostics["n"] == 200 and est.diagnostics["m"] == 150
-
-    def test_total_mass_is_homogeneous(self) -> None:
-        x, y, a, b = _clouds(40, 30, 3, seed=5, weighted=True, dtype=torch.float64)
-        est = self.make()
-        assert float(est(x, y, 3 * a, 3 * b)) == pytest.approx(3 * float(est(x, y, a, b)), rel=1e-6)
-
-    def test_symmetry(self) -> None:
-        x, y, a, b = _clouds(60, 40, 4, seed=6, weighted=True, dtype=torch.float64)
-        est = self.make()
-        assert float(est(x, y, a, b)) == pytest.approx(float(est(y, x, b, a)), rel=1e-6)
-        xs, ys, lx, ly = (t.double() for t in _labelled(60, 4, 3, seed=6))
-        assert float(est(xs, ys, None, None, lx, ly)) == pytest.approx(
-            float(est(ys, xs, None, None, ly, lx)), rel=1e-6
-        )
-
-    def test_dtype_follows_x(self) -> None:
-        x, y, _, _ = _clouds(20, 20, 3, seed=7, dtype=torch.float64)
-        assert self.make()(x, y).dtype == torch.float64
-        assert self.make()(x.float(), y).dtype == torch.float32
-
-    def test_per_label_equals_joint_emd(self) -> None:
-        x, y, lx, ly = _labelled(120, 8, 4, seed=8)
-        g = torch.Generator().manual_seed(8)
-        a = torch.rand(120, generator=g, dtype=torch.float64) + 0.2
-        a = a / a.sum()
-        b = _matching_target_weights(a, lx, ly)
-        est = self.make()
-        value = est(x, y, a, b, lx, ly)
-        assert est.diagnostics["path"] == "per_label"
-        assert est.diagnostics["num_subproblems"] == 4
-        assert float(value) == pytest.approx(_reference_w1(x, y, a, b, lx, ly), rel=self.rtol_random)
-
-    def test_soft_labels_per_label_equals_expanded_joint_emd(self) -> None:
-        x, y, lx, ly = _labelled(90, 6, 3, seed=9, soft=True)
-        a = torch.full((90,), 1 / 90, dtype=torch.float64)
-        b = _matching_target_weights(a, lx, ly)
-        est = self.make()
-        value = est(x, y, a, b, lx, ly)
-        assert est.diagnostics["path"] == "per_label"
-        assert float(value) == pytest.approx(_reference_w1(x, y, a, b, lx, ly), rel=self.rtol_random)
-
-    def test_mismatched_label_marginals_use_joint_path(self) -> None:
-        x, y, lx, ly = _labelled(60, 5, 3, seed=10)
-        a = torch.full((60,), 1 / 60)
-        a[:10] *= 2
-        a = a / a.sum()
-        est = self.make()
-        value = float(est(x, y, a, None, lx, ly))
-        assert est.diagnostics["path"] == "joint"
-        delta = 0.5 * float(
-            (label_marginals(a, lx) - label_marginals(torch.full((60,), 1 / 60), ly)).abs().sum()
-        )
-        assert delta > 1e-3
-        reference = _reference_w1(x, y, a, None, lx, ly)
-        # The value is λ√2·(mismatched mass) plus a feature part in [0, diameter].
-        assert 0 <= reference - LAMBDA * SQRT2 * delta <= feature_diameter(x, y)
-        assert value == pytest.approx(reference, rel=self.rtol_joint)
-
-    def test_gradients_finite(self) -> None:
-        x, y, a, b = _clouds(50, 40, 3, seed=11, weighted=True, dtype=torch.float64)
-        x.requires_grad_(True)
-        a.requires_grad_(True)
-        y.requires_grad_(True)
-        gx, gy, ga = torch.autograd.grad(self.make()(x, y, a, b), (x, y, a))
-        for g in (gx, gy, ga):
-            assert torch.isfinite(g).all() and g.abs().sum() > 0
-
-    def test_gradients_labelled_finite(self) -> None:
-        x, y, lx, ly = _labelled(60, 5, 3, seed=12, soft=True)
-        a = torch.full((60,), 1 / 60)
-        for b in (_matching_target_weights(a, lx, ly), None):  # per_label, then joint
-            xr, ar, lr = (
-                x.clone().requires_grad_(True),
-                a.clone().requires_grad_(True),
-                lx.clone().requires_grad_(True),
-            )
-            est = self.make()
-            grads = torch.autograd.grad(est(xr, y, ar, b, lr, ly), (xr, ar, lr))
-            assert all(torch.isfinite(g).all() for g in grads), est.diagnostics["path"]
-            assert grads[1].abs().sum() > 0
-
-    def test_diagnostics_schema(self) -> None:
-        x, y, _, _ = _clouds(20, 25, 3, seed=13)
-        est = self.make()
-        est(x, y)
-        keys = {"estimator", "n", "m", "path", "solver", "converged", "warning", "blur", "scale"}
-        keys |= {"num_subproblems", "seconds", "subproblems"}
-        assert keys <= set(est.diagnostics)
-        assert est.diagnostics["converged"] is True and est.diagnostics["warning"] is None
-        assert est.diagnostics["estimator"] == est.name
-
-    def test_errors(self) -> None:
-        x, y, a, b = _clouds(10, 12, 3, seed=14, weighted=True)
-        est = self.make()
-        with pytest.raises(ValueError, match="total masses differ"):
-            est(x, y, a, 2 * b)
-        with pytest.raises(ValueError, match="same feature dimension"):
-            est(x, torch.randn(12, 4))
-        with pytest.raises(ValueError, match=r"weights a must have shape \(10,\)"):
-            est(x, y, torch.full((9,), 1 / 9), b)
-        with pytest.raises(ValueError, match="nonnegative"):
-            est(x, y, a - a.mean(), b - b.mean())
-        with pytest.raises(ValueError, match="both x_labels and y_labels"):
-            est(x, y, a, b, torch.eye(3)[torch.arange(10) % 3], None)
-        with pytest.raises(ValueError, match=r"shape \(num_points, dim\)"):
-            est(x[0], y)
 
 
 class TestExactDistance(DistanceEstimatorTests):

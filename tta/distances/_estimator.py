@@ -97,10 +97,15 @@ class DistanceEstimator(abc.ABC):
         self._last = result
         return result
 
+    def _overrides_solve(self, owner: type[DistanceEstimator]) -> bool:
+        """Whether a subclass of ``owner`` (a built-in) replaced its :meth:`solve`."""
+        return type(self).solve is not owner.solve
+
     def _compute(
         self, source: LabelledMeasure, target: LabelledMeasure, label_cost: float | None
     ) -> W1Result:
-        # built-in estimators override this to call their functional form (exact_w1, sinkhorn_w1...)
+        # Built-in estimators override this to call their functional form (exact_w1, sinkhorn_w1...),
+        # and fall back here when a subclass overrides solve (its hook must be the one that runs).
         return wasserstein_1(
             source,
             target,
