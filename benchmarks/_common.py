@@ -49,7 +49,7 @@ def peak_rss_gib() -> float:
 
 
 def _standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
-    # as tta.data.datamodule.standardise (not imported: it pulls in Lightning, ~2 s)
+    # as tta.modules._datamodule.standardise (not imported: it pulls in Lightning, ~2 s)
     mean, std = train.mean(0), train.std(0)
     std = torch.where(std < 1e-6, torch.ones_like(std), std)
     return (train - mean) / std, (test - mean) / std
@@ -62,8 +62,7 @@ def demo_features(cache_dir: str | None = None, image_size: int = 112) -> TaskPa
     they are extracted (a few minutes on 2 CPU cores) and stored — the script says which happened.
     """
     from tta.backbones import EfficientNetLite0
-    from tta.data import FeatureCache, TaskSpec
-    from tta.data.features import get_features
+    from tta.data import FeatureCache, TaskSpec, get_features
 
     cache = FeatureCache(cache_dir) if cache_dir else FeatureCache()
     backbone = EfficientNetLite0(image_size=image_size).eval()

@@ -4,7 +4,7 @@ For each pair of a benchmark config (default: the offline benchmark) this fits t
 variant — ``paper`` (the authors' bound, τ̂·W₁ in feature space, with the τ-penalised reference head the
 paper uses) and ``logit`` (the logit-space odds transport, with an unpenalised reference head), as
 :meth:`tta.fitting.AnalysisSettings.with_variant` sets them — through
-the fit engine (:func:`tta.benchmark.runner.run_pair`, exactly what ``tta benchmark`` runs), runs every
+the fit engine (:func:`tta.benchmark._runner.run_pair`, exactly what ``tta benchmark`` runs), runs every
 baseline estimator once on the same features, and prints:
 
 - per variant: the seconds of the bound stage per pair, how many bounds are vacuous (≥ H(p_T)), and a
@@ -83,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: the config's)")
     args = parser.parse_args(argv)
 
-    from tta.benchmark.config import load_config
-    from tta.benchmark.report import correlation_table, score_rows
-    from tta.benchmark.runner import estimator_names, load_pair_features, pool_scores, run_pair
+    from tta.benchmark import (
+        correlation_table,
+        estimator_names,
+        load_config,
+        load_pair_features,
+        pool_scores,
+        run_pair,
+        score_rows,
+    )
 
     config = load_config(args.config)
     if args.cache_dir is not None:

@@ -66,13 +66,14 @@ def test_import_does_not_load_timm_or_lightning():
 
 
 def test_registered():
-    import tta.backbones.efficientnet_lite0 as lite0_module
+    with pytest.warns(DeprecationWarning, match="import its names from tta.backbones"):
+        import tta.backbones.efficientnet_lite0 as lite0_module
 
     assert BACKBONES.get("efficientnet_lite0") is EfficientNetLite0
     assert BACKBONES.get("efficientnet_lite1") is EfficientNetLite1
     assert BACKBONES.get("efficientnet_lite2") is EfficientNetLite2
     assert BACKBONES.get("timm") is TimmBackbone
-    # the old module still exports the Lite0 names
+    # the old module path still imports (an alias of the family module) with the Lite0 names
     assert lite0_module.EfficientNetLite0 is EfficientNetLite0
     assert lite0_module.default_weights_path is default_weights_path
     assert lite0_module.TIMM_NAME == "tf_efficientnet_lite0"
@@ -329,7 +330,7 @@ def test_timm_backbone_weights_path(tmp_path):
 
 
 def test_timm_pretrained_offline_fails_fast(monkeypatch):
-    import tta.backbones.timm_backbone as tb
+    import tta.backbones._timm_backbone as tb
 
     monkeypatch.setattr(tb, "_cached_pretrained_file", lambda cfg: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

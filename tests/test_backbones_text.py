@@ -23,7 +23,7 @@ from tta.backbones import (
     create_backbone,
     file_sha256,
 )
-from tta.backbones.minilm import default_model_dir, mean_pool
+from tta.backbones._minilm import default_model_dir, mean_pool
 from tta.plugins import BACKBONES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,25 +19,25 @@ import torch
 from _helpers import quiet_trainer
 
 from tta._preflight import check_writable_dir, find_tta_error, io_error
-from tta.data.datamodule import FeaturePair, TaskPairDataModule, check_features, standardise
 from tta.errors import TTAError, TTAInputError
+from tta.modules._datamodule import FeaturePair, TaskPairDataModule, check_features, standardise
 
 ROOT = Path(__file__).resolve().parents[1]
 TTA_SCRIPT = Path(sys.executable).with_name("tta")
 
 # jsonargparse wraps an error raised while it instantiates the config's classes (an unknown name in a
 # constructor, a TaskSpec field out of range, a weights file that does not fit) in a ValueError listing
-# the Union types it tried: `tta` prints the original one-line error once tta/_lightning_cli.py unwraps it
+# the Union types it tried: `tta` prints the original one-line error once tta/cli/_lightning.py unwraps it
 # with tta._preflight.find_tta_error, and checks the log dir up front with check_writable_dir.
-_CLI_SOURCES = [(ROOT / "tta" / name).read_text() for name in ("_lightning_cli.py", "cli.py")]
+_CLI_SOURCES = [(ROOT / "tta" / name).read_text() for name in ("cli/_lightning.py", "cli/_main.py")]
 needs_unwrapping = pytest.mark.xfail(
     not any("find_tta_error" in text for text in _CLI_SOURCES),
-    reason="tta/_lightning_cli.py does not yet unwrap jsonargparse's instantiation errors (find_tta_error)",
+    reason="tta/cli/_lightning.py does not yet unwrap jsonargparse's instantiation errors (find_tta_error)",
     strict=True,
 )
 needs_preflight = pytest.mark.xfail(
     not any("check_writable_dir" in text for text in _CLI_SOURCES),
-    reason="tta/_lightning_cli.py does not yet check the log directory up front (check_writable_dir)",
+    reason="tta/cli/_lightning.py does not yet check the log directory up front (check_writable_dir)",
     strict=True,
 )
 
@@ -87,7 +87,7 @@ def test_non_finite_features_name_the_split_and_rows(value):
 
 
 def test_non_finite_images_are_refused_with_the_conversion():
-    from tta.data.datasets import ImageDataset
+    from tta.data import ImageDataset
 
     images = torch.rand(4, 8, 8)
     images[1, 2, 2] = float("nan")
@@ -96,7 +96,7 @@ def test_non_finite_images_are_refused_with_the_conversion():
 
 
 def test_dataset_labels_are_checked_where_a_loader_returns_them():
-    from tta.data.datasets import ImageDataset, TextDataset
+    from tta.data import ImageDataset, TextDataset
 
     images = torch.zeros(4, 8, 8, dtype=torch.uint8)
     with pytest.raises(TTAInputError, match=r"mine: labels must be integer.*float32.*labels\.long\(\)"):
@@ -282,7 +282,7 @@ def test_class_counts_and_tiny_datasets_work(k_s, k_t, n_train, tmp_path):
 )
 def test_unknown_names_suggest_close_ones(make, name, suggestion):
     from tta.backbones import create_backbone
-    from tta.data.tasks import TaskSpec, load_task
+    from tta.data import TaskSpec, load_task
     from tta.distances import create_distance
 
     build = {
@@ -298,7 +298,7 @@ def test_unknown_names_suggest_close_ones(make, name, suggestion):
 
 
 def test_task_spec_errors_are_input_errors():
-    from tta.data.tasks import TaskSpec, resolve_classes
+    from tta.data import TaskSpec, resolve_classes
 
     with pytest.raises(TTAInputError, match="train_per_class must be a positive integer"):
         TaskSpec("digits", train_per_class=0)
@@ -358,9 +358,7 @@ def test_missing_weights_file(tmp_path):
 # ------------------------------------------------------------------------------------------ cache
 def test_corrupt_cache_entry_is_rebuilt_with_a_warning(cnn_weights, tmp_path):
     from tta.backbones import SmallCNN
-    from tta.data.cache import FeatureCache
-    from tta.data.features import get_features
-    from tta.data.tasks import TaskSpec
+    from tta.data import FeatureCache, TaskSpec, get_features
 
     backbone, cache = SmallCNN(str(cnn_weights)), FeatureCache(tmp_path / "cache")
     spec = TaskSpec("digits", classes=[0, 1], train_per_class=5, test_per_class=2)
@@ -379,9 +377,7 @@ def test_disk_full_while_writing_the_cache_leaves_no_entry(cnn_weights, tmp_path
     import safetensors.torch
 
     from tta.backbones import SmallCNN
-    from tta.data.cache import FeatureCache
-    from tta.data.features import get_features
-    from tta.data.tasks import TaskSpec
+    from tta.data import FeatureCache, TaskSpec, get_features
 
     def half_written(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 64)  # some bytes made it to disk, then the disk was full
@@ -650,7 +646,7 @@ def test_console_script_and_corrupt_cache_rebuild(tmp_path, cnn_weights):
 
 def test_unknown_dataset_fails_when_the_data_module_is_built():
     # before any feature extraction: a typo in the target must not cost the reference's extraction first
-    from tta.data.tasks import TaskSpec
+    from tta.data import TaskSpec
     from tta.plugins import PluginNotFoundError
 
     with pytest.raises(PluginNotFoundError, match=r"Unknown dataset 'digts'.*Did you mean 'digits'"):

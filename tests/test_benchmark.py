@@ -12,10 +12,10 @@ import pytest
 from _helpers import tta_fit_command
 from scipy import stats
 
-import tta.benchmark.runner as runner
-from tta._benchmark_cli import main as benchmark_main
-from tta.benchmark.config import BenchmarkConfigError, config_from_dict, load_config
-from tta.benchmark.metrics import (
+import tta.benchmark._runner as runner
+from tta.benchmark import BOUND, correlation_table, score_rows
+from tta.benchmark._config import BenchmarkConfigError, config_from_dict, load_config
+from tta.benchmark._metrics import (
     N_RESAMPLES,
     correlations,
     kendall_tau,
@@ -25,7 +25,7 @@ from tta.benchmark.metrics import (
     weighted_tau,
     weighted_tau_interval,
 )
-from tta.benchmark.report import BOUND, correlation_table, score_rows
+from tta.cli._benchmark import main as benchmark_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "conf" / "benchmark_tiny.yaml"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tta._cache_cli import format_bytes, main
+from tta.cli._cache import format_bytes, main
 from tta.data import FeatureCache
-from tta.data.cache import PARTIAL_PREFIX
+from tta.data._cache import PARTIAL_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import tta.data.datasets as datasets_mod
+import tta.data._datasets as datasets_mod
 from tta.backbones import Backbone, EfficientNetLite0, ImagePreprocess
 from tta.data import (
     DatasetNotFoundError,
@@ -277,7 +277,7 @@ def test_extract_features_workers_and_batches():
 
 
 def test_cache_hit_on_second_call(cache, monkeypatch):
-    import tta.data.features as features_mod
+    import tta.data._features as features_mod
 
     calls = []
     real = features_mod.extract_features

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-import tta.data.torchvision_sets as tvs
+import tta.data._torchvision_sets as tvs
 from tta.data import (
     DatasetNotFoundError,
     ImageDataset,
@@ -24,8 +24,8 @@ from tta.data import (
     lfw,
     load_task,
 )
-from tta.data.datasets import decode_square
-from tta.data.text import read_labelled_lines, sms_spam
+from tta.data._datasets import decode_square
+from tta.data._text import read_labelled_lines, sms_spam
 from tta.plugins import DATASETS
 
 RNG = np.random.default_rng(0)

@@ -82,7 +82,7 @@ def _config_files() -> list[Path]:
     "config", sorted(BENCHMARK_CONFIGS.glob("*.yaml")), ids=lambda p: f"benchmarks/{p.name}"
 )
 def test_benchmark_config_parses(config: Path):
-    from tta.benchmark.config import load_config
+    from tta.benchmark import load_config
 
     parsed = load_config(config)
     assert parsed.pairs, f"{config} defines no pair"
@@ -271,7 +271,7 @@ def test_constraints_pin_torch_and_every_direct_dependency():
 
 
 def test_configuration_docs_cover_every_option():
-    from tta.data.tasks import TaskSpec
+    from tta.data import TaskSpec
     from tta.fitting import EvalConfig, TransformConfig
     from tta.heads import HeadConfig
 
@@ -285,6 +285,52 @@ def test_api_docs_cover_every_public_module():
     api = "\n".join(p.read_text() for p in (ROOT / "docs").glob("api*.md"))
     api += "\n".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.md"))
     modules = [p.stem for p in (ROOT / "tta").glob("*.py") if not p.stem.startswith("_")]
-    modules += [p.name for p in (ROOT / "tta").iterdir() if (p / "__init__.py").is_file()]
+    modules += [
+        p.name
+        for p in (ROOT / "tta").iterdir()
+        if (p / "__init__.py").is_file() and not p.name.startswith("_")
+    ]
     for name in modules:
         assert f"automodule:: tta.{name}" in api, f"docs/api: tta.{name} is not documented"
+
+
+def test_api_docs_show_private_modules_only_as_prose():
+    """An implementation module may lend its docstring to a page (``:no-index:``), never its members."""
+    for page in (ROOT / "docs" / "api").glob("*.md"):
+        blocks = re.findall(r"\.\. automodule:: (\S+)\n((?:   :.*\n)*)", page.read_text())
+        for module, options in blocks:
+            if any(part.startswith("_") for part in module.split(".")[1:]):
+                assert ":no-index:" in options and ":members:" not in options, (page.name, module)
+
+
+def test_subpackages_keep_their_implementation_private():
+    """Inside each subpackage only ``__init__`` (and ``__main__``) is public: names are re-exported."""
+    public = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "tta").glob("*/*.py")
+        if not p.stem.startswith("_") and not p.parent.name.startswith("_")
+    ]
+    assert public == []
+    top = sorted(p.stem for p in (ROOT / "tta").glob("*.py") if not p.stem.startswith("_"))
+    assert top == ["bound", "errors", "heads", "plugins", "transforms"]
+
+
+def test_old_module_paths_still_import_with_a_deprecation_warning():
+    code = (
+        "import importlib, warnings, tta\n"
+        "from tta._moved import MOVED\n"
+        "for old, (new, package) in MOVED.items():\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        module = importlib.import_module(old)\n"
+        "    assert module is importlib.import_module(new), old\n"
+        "    assert any(issubclass(w.category, DeprecationWarning) and package in str(w.message)"
+        " for w in caught), old\n"
+        "from tta.data.datamodule import TaskPairDataModule\n"
+        "from tta.modules import TaskPairDataModule as T\n"
+        "import tta.data\n"
+        "assert TaskPairDataModule is T is tta.data.TaskPairDataModule\n"
+        "print(len(MOVED))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
+    assert int(out.stdout.split()[-1]) == 39  # every module made private by the package-surface change

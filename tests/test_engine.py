@@ -6,7 +6,6 @@ import torch
 from _helpers import quiet_trainer
 from test_fit_synthetic import make_pair
 
-from tta.data.datamodule import FeaturePair, TaskPairDataModule
 from tta.distances import create_distance
 from tta.fitting import (
     AnalysisSettings,
@@ -21,7 +20,7 @@ from tta.fitting import (
     learn_transform,
 )
 from tta.heads import HeadConfig, LinearHead
-from tta.modules import TaskTransferAnalysis
+from tta.modules import FeaturePair, TaskPairDataModule, TaskTransferAnalysis
 from tta.results import AnalysisResult
 from tta.transforms import TaskTransform
 

@@ -15,12 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tta.estimators as est
-from tta.estimators.gbc import bhattacharyya_distances
-from tta.estimators.logme import log_evidence
-from tta.estimators.nce import conditional_entropy
-from tta.estimators.otce import label_distances
-from tta.estimators.pool import ncti_terms
-from tta.estimators.transrate import coding_rate
+from tta.estimators import (
+    bhattacharyya_distances,
+    coding_rate,
+    conditional_entropy,
+    label_distances,
+    log_evidence,
+    ncti_terms,
+)
 from tta.plugins import ESTIMATORS, PluginNotFoundError
 
 ALL_NAMES = [

@@ -18,9 +18,9 @@ from torch import Tensor
 
 from tta.backbones import Backbone, EfficientNetLite0, ImagePreprocess
 from tta.data import FeatureCache, TaskSpec, digits, extract_features, get_features, load_task
-from tta.data.cache import PARTIAL_PREFIX
-from tta.data.datamodule import extraction_trainer_kwargs
-from tta.data.extraction import PreprocessedChunks, assemble_shards
+from tta.data._cache import PARTIAL_PREFIX
+from tta.modules._datamodule import extraction_trainer_kwargs
+from tta.modules._extraction import PreprocessedChunks, assemble_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = TaskSpec("digits", classes=[0, 1], train_per_class=5, test_per_class=5)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tta import bound as B
-from tta.data.datamodule import standardise
 from tta.distances import create_distance
 from tta.fitting import EvalConfig, TransformConfig, evaluate_bound, initialise_transform, learn_transform
 from tta.heads import HeadConfig, fit_linear_head
+from tta.modules._datamodule import standardise
 from tta.transforms import TaskTransform
 
 

@@ -22,12 +22,11 @@ import torch
 from _helpers import quiet_trainer, tta_fit_command
 from test_fit_synthetic import make_pair
 
-from tta.data.datamodule import FeaturePair, TaskPairDataModule
 from tta.errors import TTAInterrupted
 from tta.fitting import TransformConfig
 from tta.heads import HeadConfig
-from tta.modules import TaskTransferAnalysis
-from tta.modules.interrupt import InterruptCallback, Interrupted, SignalGuard, active_guard
+from tta.modules import FeaturePair, TaskPairDataModule, TaskTransferAnalysis
+from tta.modules._interrupt import InterruptCallback, Interrupted, SignalGuard, active_guard
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "conf" / "tiny.yaml"
@@ -238,8 +237,8 @@ def test_callback_options_are_checked():
 def test_benchmark_stops_between_pairs_and_resumes(tmp_path, monkeypatch, capsys):
     """A real SIGTERM during pair 2 of 3: pair 1 stays stored, exit code 130 with the count; the rerun
     reuses pair 1 and computes the other two."""
-    import tta.benchmark.runner as runner
-    from tta.benchmark.config import load_config
+    import tta.benchmark._runner as runner
+    from tta.benchmark import load_config
     from tta.cli import main
 
     config_path = ROOT / "tests" / "conf" / "benchmark_tiny.yaml"
@@ -398,7 +397,7 @@ def test_tta_fit_interrupted_then_resumed(fit_runs, signum):
 def test_tta_fit_interrupted_during_extraction(fit_runs):
     """SIGTERM while the features are being extracted: exit 130, and no cache entry looks complete; each
     complete entry equals the uninterrupted extraction's."""
-    from tta.data.cache import FeatureCache
+    from tta.data import FeatureCache
 
     work, _ = fit_runs
     cache = work / "cache_x"
@@ -435,11 +434,11 @@ def test_tta_fit_interrupted_during_extraction(fit_runs):
 
 KILL_DURING_SAVE = r"""
 import os, signal, sys
-import tta.data.cache as cache_module
+import tta.data._cache as cache_module
 from tta.backbones import create_backbone
 from tta.data import TaskSpec
-from tta.data.cache import FeatureCache
-from tta.data.features import get_features
+from tta.data import FeatureCache
+from tta.data import get_features
 
 real_replace = os.replace
 
@@ -477,9 +476,7 @@ def test_extraction_killed_while_writing_the_cache_entry(tmp_path):
     import warnings
 
     from tta.backbones import create_backbone
-    from tta.data import TaskSpec
-    from tta.data.cache import FeatureCache
-    from tta.data.features import get_features
+    from tta.data import FeatureCache, TaskSpec, get_features
 
     proc = subprocess.run(
         [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path), *POINTS],

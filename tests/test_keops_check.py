@@ -65,7 +65,7 @@ def test_backend_keeps_online_when_keops_works(monkeypatch) -> None:
 
 
 def test_the_record_is_not_taken_for_a_cache_entry(fresh, monkeypatch) -> None:
-    from tta.data.cache import FeatureCache
+    from tta.data import FeatureCache
 
     monkeypatch.setattr(kc, "_PROBE", "print('ok')\n")
     assert kc.keops_status("cpu") == (True, "")

@@ -8,10 +8,10 @@ import torch
 from test_fit_synthetic import make_pair
 
 from tta import bound as B
-from tta.data.datamodule import FeaturePair
 from tta.distances import transport_cost
 from tta.fitting import AnalysisSettings, EvalConfig, TransformConfig, analyze_features
 from tta.heads import HeadConfig
+from tta.modules import FeaturePair
 from tta.transforms import TaskTransform
 
 

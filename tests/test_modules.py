@@ -5,10 +5,9 @@ import torch
 from _helpers import quiet_trainer
 from test_fit_synthetic import make_pair
 
-from tta.data.datamodule import FeaturePair, TaskPairDataModule
 from tta.fitting import TransformConfig
 from tta.heads import HeadConfig
-from tta.modules import LinearProbe, TaskTransferAnalysis
+from tta.modules import FeaturePair, LinearProbe, TaskPairDataModule, TaskTransferAnalysis
 
 
 def _features() -> FeaturePair:

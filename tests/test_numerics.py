@@ -249,8 +249,7 @@ def test_warning_log_collects_numerical_warnings_once_each():
 
 def _stopping_analysis(eval_distance):
     """A small analysis whose cond(A) check (threshold 1 + 1e-9) stops the transform at its first check."""
-    from tta.data.datamodule import FeaturePair, TaskPairDataModule
-    from tta.modules import TaskTransferAnalysis
+    from tta.modules import FeaturePair, TaskPairDataModule, TaskTransferAnalysis
 
     s_tr, s_te, t_tr, t_te = make_pair(seed=5, d=4, k_s=3, k_t=3, n_per_class=40)
     features = FeaturePair(s_tr, s_te, t_tr, t_te, ["a", "b", "c"], ["x", "y", "z"])

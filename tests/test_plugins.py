@@ -25,10 +25,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tta import _plugin_cli
 from tta import plugins as P
-from tta.backbones import create_backbone
-from tta.backbones.timm_backbone import TimmBackbone
+from tta._registry import _discovery
+from tta.backbones import TimmBackbone, create_backbone
+from tta.cli import _plugins as _plugin_cli
 from tta.data import ImageDataset, TaskSpec, dataset_splits, load_task
 from tta.distances import ExactDistance, SinkhornDistance, create_distance
 
@@ -40,11 +40,11 @@ SYNTH_MODULE = "tta_synth_plugin_objs"
 BROKEN_MODULE = "tta_synth_plugin_broken"
 SYNTH_SOURCE = """
 import torch
-from tta.data.datasets import ImageDataset
+from tta.data import ImageDataset
 from tta.distances import DistanceEstimator
 from tta.distances import ExactDistance
 from tta.distances import create_distance
-from tta.estimators.base import Estimator
+from tta.estimators import Estimator
 
 
 class GoodDistance(ExactDistance):
@@ -130,7 +130,7 @@ def install(monkeypatch, synth_path):
     """``install(*entry_points)``: make these the installed entry points (nothing else)."""
 
     def _install(*eps: EntryPoint, problems: tuple[str, ...] = ()) -> None:
-        monkeypatch.setattr(P, "_installed_entry_points", lambda: (list(eps), list(problems)))
+        monkeypatch.setattr(_discovery, "_installed_entry_points", lambda: (list(eps), list(problems)))
         P.refresh()
 
     for name in (SYNTH_MODULE, BROKEN_MODULE):
@@ -444,7 +444,7 @@ def _write_dist(site: Path, name: str, version: str, entry_points: str, modules:
 def fake_site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site")
     good = """
-        from tta.backbones.base import Backbone, ImagePreprocess
+        from tta.backbones import Backbone, ImagePreprocess
         from tta.distances import ExactDistance
 
         class FakeDistance(ExactDistance):

@@ -6,13 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from tta._rank_cli import main as rank_main
-from tta._rank_cli import parse_backbone_item, parse_task_item
-from tta.benchmark.config import BackboneSpec, BenchmarkConfig, PairSpec, parse_model_settings
-from tta.benchmark.labelfree import has_labels, kmeans_pseudo_labels, with_target_labels
-from tta.benchmark.rank import explain, rank_candidates, separation
-from tta.data.datamodule import FeaturePair, standardise
-from tta.data.tasks import TaskSpec
+from tta.benchmark import (
+    explain,
+    has_labels,
+    kmeans_pseudo_labels,
+    rank_candidates,
+    separation,
+    with_target_labels,
+)
+from tta.benchmark._config import BackboneSpec, BenchmarkConfig, PairSpec, parse_model_settings
+from tta.cli._rank import main as rank_main
+from tta.cli._rank import parse_backbone_item, parse_task_item
+from tta.data import TaskSpec
+from tta.modules._datamodule import FeaturePair, standardise
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "conf" / "benchmark_tiny.yaml"

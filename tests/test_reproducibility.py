@@ -10,10 +10,9 @@ import torch
 from _helpers import quiet_trainer, tta_fit_command
 from test_fit_synthetic import make_pair
 
-from tta.data.datamodule import FeaturePair, TaskPairDataModule
 from tta.fitting import TransformConfig
 from tta.heads import HeadConfig
-from tta.modules import TaskTransferAnalysis
+from tta.modules import FeaturePair, TaskPairDataModule, TaskTransferAnalysis
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "conf" / "tiny.yaml"

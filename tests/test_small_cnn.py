@@ -218,7 +218,7 @@ def test_shipped_training_config_parses():
 
 
 def test_module_argument_errors():
-    from tta.data.tasks import TaskSpec
+    from tta.data import TaskSpec
     from tta.modules import SmallCNNClassifier, TaskImageDataModule
 
     with pytest.raises(ValueError, match=r"\.safetensors"):

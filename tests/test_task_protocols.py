@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tta.data import ImageDataset, LazyImageDataset, TaskSpec, load_task, resolve_classes
-from tta.data.shifts import (
+from tta.data._shifts import (
     apply_shifts,
     gaussian_blur,
     gaussian_kernel,

@@ -14,6 +14,10 @@ from __future__ import annotations
 from importlib import import_module, metadata
 from typing import Any
 
+from tta import _moved
+
+_moved.install()  # old module paths (tta.data.datamodule...) still import, with a DeprecationWarning
+
 try:
     __version__ = metadata.version("task-transfer-analysis")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -22,7 +26,7 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a sourc
 _LAZY = {
     "TaskTransferAnalysis": "tta.modules",
     "LinearProbe": "tta.modules",
-    "TaskPairDataModule": "tta.data",
+    "TaskPairDataModule": "tta.modules",
     "TaskSpec": "tta.data",
     "TaskTransform": "tta.transforms",
     "evaluate_bound": "tta.fitting",

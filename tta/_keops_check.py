@@ -50,7 +50,7 @@ def _key(device_type: str) -> str:
 
 def _record_path() -> Path:
     """In a sub-folder of the feature cache, which ``tta cache list|clear`` do not take for an entry."""
-    from tta.data.cache import default_cache_dir
+    from tta.data._cache import default_cache_dir
 
     return default_cache_dir() / ".checks" / "keops.json"
 

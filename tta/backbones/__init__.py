@@ -21,7 +21,7 @@ Built-ins (registered in :data:`tta.plugins.BACKBONES`):
 
 from typing import Any
 
-from tta.backbones.base import (
+from tta.backbones._base import (
     Backbone,
     ImagePreprocess,
     NoSourceHeadError,
@@ -33,7 +33,7 @@ from tta.backbones.base import (
     file_sha256,
     read_state_dict,
 )
-from tta.backbones.efficientnet_lite import (
+from tta.backbones._efficientnet_lite import (
     EfficientNetLite,
     EfficientNetLite0,
     EfficientNetLite1,
@@ -43,15 +43,15 @@ from tta.backbones.efficientnet_lite import (
     load_lukemelas_weights,
     lukemelas_order,
 )
-from tta.backbones.minilm import MiniLM, TextPreprocess
-from tta.backbones.small_cnn import (
+from tta.backbones._minilm import MiniLM, TextPreprocess
+from tta.backbones._small_cnn import (
     SmallCNN,
     SmallCNNNet,
     read_small_cnn_metadata,
     save_small_cnn_weights,
     small_cnn_preprocess,
 )
-from tta.backbones.timm_backbone import TimmBackbone
+from tta.backbones._timm_backbone import TimmBackbone
 from tta.plugins import BACKBONES
 
 __all__ = [

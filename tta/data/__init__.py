@@ -1,23 +1,24 @@
-"""Datasets, task definitions, feature extraction and the feature cache.
+"""Datasets, task definitions, domain shifts, feature extraction and the feature cache (no Lightning).
 
-- :mod:`tta.data.datasets`: :class:`ImageDataset`, :class:`LazyImageDataset`, :class:`TextDataset` and
-  the offline built-in loaders registered in :data:`tta.plugins.DATASETS` (``fashion_mnist``,
-  ``mnist_5k``, ``digits``, ``lfw``).
-- :mod:`tta.data.torchvision_sets`: torchvision's classification sets by name (``cifar10``, ``mnist``,
-  ``dtd``, ``imagenet`` …) and ``image_folder``; :mod:`tta.data.text`: ``sms_spam``.
-- :mod:`tta.data.tasks`: :class:`TaskSpec` (dataset, classes by id or name, ``random_classes``, per-class
-  caps, label merging, domain shifts, seed) and :func:`load_task`.
-- :mod:`tta.data.shifts`: the domain shifts (rotation, inversion, noise, blur, resolution).
-- :mod:`tta.data.features`: :func:`extract_features` and :func:`get_features` (cached).
-- :mod:`tta.data.cache`: :class:`FeatureCache` (safetensors + JSON manifest, atomic, checksummed).
+- Datasets: :class:`ImageDataset`, :class:`LazyImageDataset`, :class:`TextDataset`; the offline built-in
+  loaders (``fashion_mnist``, ``mnist_5k``, ``digits``, ``lfw``), torchvision's classification sets by
+  name (``cifar10``, ``mnist``, ``dtd``, ``imagenet`` …), ``image_folder`` and ``sms_spam``, all in
+  :data:`tta.plugins.DATASETS`.
+- Tasks: :class:`TaskSpec` (dataset, classes by id or name, ``random_classes``, per-class caps, label
+  merging, domain shifts, seed) and :func:`load_task`; :func:`apply_shifts` (rotation, inversion,
+  noise, blur, resolution).
+- Features: :func:`extract_features` and :func:`get_features` (cached in a :class:`FeatureCache`:
+  safetensors + JSON manifest, atomic, checksummed).
 
-Nothing here imports timm or Lightning; :class:`TaskPairDataModule` (Lightning) loads on first access.
+Nothing here imports timm or Lightning. The Lightning classes live in :mod:`tta.modules`;
+``tta.data.TaskPairDataModule`` still resolves (on first access) to
+:class:`tta.modules.TaskPairDataModule`.
 """
 
 from typing import Any
 
-from tta.data.cache import CACHE_FORMAT_VERSION, FeatureCache, default_cache_dir
-from tta.data.datasets import (
+from tta.data._cache import CACHE_FORMAT_VERSION, FeatureCache, default_cache_dir
+from tta.data._datasets import (
     FASHION_MNIST_CLASSES,
     DatasetNotFoundError,
     ImageDataset,
@@ -30,9 +31,9 @@ from tta.data.datasets import (
     mnist_5k,
     read_idx,
 )
-from tta.data.features import ExtractedFeatures, extract_features, get_features
-from tta.data.shifts import apply_shifts
-from tta.data.tasks import TaskSpec, load_task, resolve_classes, split_dataset
+from tta.data._features import ExtractedFeatures, extract_features, get_features
+from tta.data._shifts import apply_shifts
+from tta.data._tasks import TaskSpec, load_task, resolve_classes, split_dataset
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -63,7 +64,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "TaskPairDataModule":  # imports Lightning: only on demand
-        from tta.data.datamodule import TaskPairDataModule
+        from tta.modules._datamodule import TaskPairDataModule
 
         return TaskPairDataModule
     raise AttributeError(f"module 'tta.data' has no attribute {name!r}")

@@ -31,35 +31,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from tta.estimators.base import Estimator, InputKind, describe, register_estimator
-from tta.estimators.gbc import gbc
-from tta.estimators.hscore import hscore, hscore_reg
-from tta.estimators.knn import knn
-from tta.estimators.leep import leep, nleep
-from tta.estimators.logme import logme
-from tta.estimators.nce import nce
-from tta.estimators.otce import f_otce, jc_otce
-from tta.estimators.pool import etran, ncti
-from tta.estimators.sfda import sfda
-from tta.estimators.static import static
-from tta.estimators.transrate import transrate
+from tta.estimators._base import Estimator, InputKind, describe, register_estimator
+from tta.estimators._gbc import bhattacharyya_distances, gbc
+from tta.estimators._hscore import hscore, hscore_reg
+from tta.estimators._knn import knn
+from tta.estimators._leep import leep, nleep
+from tta.estimators._logme import log_evidence, logme
+from tta.estimators._nce import conditional_entropy, nce
+from tta.estimators._otce import f_otce, jc_otce, label_distances
+from tta.estimators._pool import etran, ncti, ncti_terms
+from tta.estimators._sfda import fisher_posteriors, fisher_shrinkage, sfda
+from tta.estimators._static import static
+from tta.estimators._transrate import coding_rate, transrate
 from tta.plugins import ESTIMATORS
 
 __all__ = [
     "Estimator",
     "InputKind",
+    "bhattacharyya_distances",
+    "coding_rate",
+    "conditional_entropy",
     "describe",
     "etran",
     "f_otce",
+    "fisher_posteriors",
+    "fisher_shrinkage",
     "gbc",
     "hscore",
     "hscore_reg",
     "jc_otce",
     "knn",
+    "label_distances",
     "leep",
+    "log_evidence",
     "logme",
     "nce",
     "ncti",
+    "ncti_terms",
     "nleep",
     "register_estimator",
     "score",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tta.data.datasets import DatasetNotFoundError, ImageDataset
+from tta.data import DatasetNotFoundError, ImageDataset
 
 __all__ = ["npy_folder"]
 

@@ -1,0 +1,324 @@
+"""The LightningCLI of ``tta fit`` / ``tta test`` (imported by :func:`tta.cli.main` only when needed)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from tta._preflight import check_writable_dir, find_tta_error
+from tta._quiet import LEAFSPEC_DEPRECATION
+from tta.errors import TTAError, TTAInterrupted
+from tta.modules._analysis import TaskTransferAnalysis
+from tta.modules._datamodule import TaskPairDataModule
+from tta.modules._interrupt import InterruptCallback, Interrupted, SignalGuard
+from tta.results import AnalysisResult, config_hash, format_result, reading, versions, write_json_atomic
+
+__all__ = ["RESUME_DIR", "TTACLI", "run"]
+
+#: Folder of ``default_root_dir`` holding one resume record per interrupted ``tta fit`` (by config hash).
+RESUME_DIR = ".tta-resume"
+
+#: Lightning's warning on a mid-epoch resume: the analysis ignores its batches (each step draws its own
+#: data from ``seed`` and the step index), so restarting the loader from its first item changes nothing.
+_MID_EPOCH_RESUME = r".*resuming from a checkpoint that ended before the epoch ended.*"
+
+
+def _names_class(class_path: object, cls: type) -> bool:
+    """Whether ``class_path`` (as jsonargparse prints it: ``tta.TaskTransferAnalysis``) imports ``cls``."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) is cls
+    except ImportError:
+        return False
+
+
+class TTACLI(LightningCLI):
+    """LightningCLI whose ``fit`` ends with a test pass and whose runs end with a JSON result record.
+
+    ``fit`` stops cleanly on SIGINT/SIGTERM (:class:`~tta.modules.InterruptCallback`, added unless the
+    config lists one) and a rerun of the same command resumes it: the resume record
+    ``<default_root_dir>/.tta-resume/<hash>.json`` (hash of ``model``, ``data`` and ``seed_everything``
+    as given) points at the checkpoint and the log directory, which the rerun reuses.
+    """
+
+    _given_seed: Any = None
+    _resume: dict[str, Any] | None = None
+    _interrupt: InterruptCallback | None = None
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # before LightningCLI replaces `seed_everything: true` by the random seed it draws
+        self._given_seed = self._run_config().get("seed_everything")
+
+    def _run_config(self) -> Any:
+        """The config of the subcommand being run (``fit``, ``test``...), or the whole one without any."""
+        sub = self.config.get("subcommand")
+        return self.config[sub] if sub else self.config
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # `model:` / `data:` without `class_path` are init args of the analysis and of its data module.
+        parser.set_defaults(
+            {
+                "model": {"class_path": f"{TaskTransferAnalysis.__module__}.{TaskTransferAnalysis.__name__}"},
+                "data": {"class_path": f"{TaskPairDataModule.__module__}.{TaskPairDataModule.__name__}"},
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Check the log and cache folders before minutes of extraction and fitting."""
+        from tta.data._cache import default_cache_dir
+
+        sub = self._run_config()
+        root = sub.get("trainer.default_root_dir")
+        if root:
+            check_writable_dir(
+                root, "the run's logs and result", fix="set --trainer.default_root_dir to a writable folder"
+            )
+        if self.subcommand == "fit":
+            self._resume_logger_version(sub)
+        data = sub.get("data.init_args") or {}
+        if data.get("use_cache", False):
+            check_writable_dir(
+                data.get("cache_dir") or default_cache_dir(),
+                "the feature cache",
+                fix="set TTA_CACHE_DIR or --data.cache_dir to a writable folder, or --data.use_cache false",
+            )
+
+    def _resume_logger_version(self, sub: Any) -> None:
+        """Give the logger of a resumed fit the version (log directory) of the interrupted run.
+
+        Set in the config, before the Trainer is built: the default logger becomes an explicit
+        ``TensorBoardLogger`` with that ``version``; a configured logger gets it unless it names one.
+        """
+        root = sub.get("trainer.default_root_dir") or "."
+        record = _read_record(Path(root) / RESUME_DIR / f"{self._resume_key()}.json")
+        version = None if record is None else record.get("logger_version")
+        if version is None or not Path(record["checkpoint"]).is_file():  # type: ignore[index]
+            return
+        logger = sub.get("trainer.logger")
+        if logger is None or logger is True:
+            sub["trainer.logger"] = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=root, version=version),
+            )
+        elif isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+            if logger.init_args.get("version") is None:
+                logger.init_args["version"] = version
+
+    def before_fit(self) -> None:
+        self._started = time.perf_counter()
+        self._prepare_resume()
+
+    def before_test(self) -> None:
+        self._started = time.perf_counter()
+
+    def fit(
+        self, model: LightningModule, datamodule: Any = None, ckpt_path: str | None = None, **kw: Any
+    ) -> None:
+        """``trainer.fit``, resumed from the resume record's checkpoint when there is one."""
+        if self._resume is not None:
+            ckpt_path = self._resume["checkpoint"]
+        try:
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
+        except Interrupted as err:
+            raise TTAInterrupted(self._interrupted_message(err)) from None
+
+    def after_fit(self) -> None:
+        # The analysis prints its own result table; other modules (the small CNN) print their test metrics.
+        try:
+            self.trainer.test(
+                self.model, datamodule=self.datamodule, verbose=not hasattr(self.model, "result")
+            )
+        except Interrupted as err:
+            where = self._interrupt.checkpoint_path if self._interrupt is not None else None
+            kept = f"the fitted model is saved in {where}" if where else "the fit was not saved"
+            raise TTAInterrupted(
+                f"interrupted by {err.signal_name} while testing the fitted model; {kept}; rerun the same "
+                "command to evaluate it (no training step is redone)"
+            ) from None
+        self._report("fit")
+        if self._interrupt is not None:
+            self._interrupt.remove_record()  # complete: a rerun is a new run
+
+    # ---------------------------------------------------------------- interruption and resume
+    def _resume_key(self) -> str:
+        config = self._config_dict()
+        hashed = {k: config.get(k) for k in ("model", "data")}
+        hashed["seed_everything"] = self._given_seed
+        return config_hash(hashed)
+
+    def _prepare_resume(self) -> None:
+        """Add the interrupt callback, and find the checkpoint of an interrupted run of the same config."""
+        trainer = self.trainer
+        callback = next((c for c in trainer.callbacks if isinstance(c, InterruptCallback)), None)
+        if callback is None:
+            callback = InterruptCallback()
+            trainer.callbacks.append(callback)
+        self._interrupt = callback
+        key = self._resume_key()
+        record_path = Path(trainer.default_root_dir) / RESUME_DIR / f"{key}.json"
+        callback.resume_record = callback.resume_record or str(record_path)
+        sub = self._run_config()
+        given = sub.get("ckpt_path")
+        record = _read_record(Path(callback.resume_record))
+        if given in (None, "last") and record is not None and Path(record["checkpoint"]).is_file():
+            self._resume = record  # its logger version was set in the config (_resume_logger_version)
+            if isinstance(record.get("seed"), int) and record["seed"] != sub.get("seed_everything"):
+                from lightning.pytorch import seed_everything
+
+                seed_everything(record["seed"], workers=True, verbose=False)  # the seed the run drew
+                sub["seed_everything"] = record["seed"]
+            if isinstance(self.model, TaskTransferAnalysis):
+                warnings.filterwarnings("ignore", message=_MID_EPOCH_RESUME)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            step = record.get("saved_step")
+            total, phase = record.get("total_steps"), record.get("phase")
+            where = f"step {step}/{total}, {phase}" if step is not None else ""
+            print(
+                f"tta: resuming from {record['checkpoint']}{f' ({where})' if where else ''}; "
+                f"delete {callback.resume_record} to start over",
+                file=sys.stderr,
+                flush=True,
+            )
+        logger = trainer.logger
+        callback.record_extra = {
+            "config_hash": key,
+            "command": sys.argv,
+            "log_dir": str(Path(trainer.log_dir or trainer.default_root_dir).resolve()),
+            "logger_version": getattr(logger, "version", None) if logger is not None else None,
+            "seed": sub.get("seed_everything"),
+        }
+
+    def _interrupted_message(self, err: Interrupted) -> str:
+        """The message of a stop that did not happen at a step boundary (during setup, or a second SIGINT)."""
+        callback = self._interrupt
+        if callback is None or not callback.started:
+            return (
+                f"interrupted by {err.signal_name} before training started (loading data or extracting "
+                "features); rerun the same command to start again (finished feature cache entries are reused)"
+            )
+        done = int(getattr(self.model, "step_counter", -1))
+        at = f" at step {done}/{getattr(self.model, 'total_steps', '?')}" if done >= 0 else ""
+        path = callback.checkpoint_path
+        if callback.saved_step is not None and path is not None and path.is_file():
+            kept = (
+                f"the checkpoint of step {callback.saved_step} is kept in {path}: rerun the same command to "
+                f"resume from it (or pass --ckpt_path {path})"
+            )
+        else:
+            kept = "no checkpoint had been saved yet: rerunning the same command starts over"
+        how = "a second SIGINT" if err.hard else err.signal_name
+        return f"interrupted by {how}{at} without saving; {kept}"
+
+    def after_test(self) -> None:
+        self._report("test")
+
+    def _config_dict(self) -> dict[str, Any]:
+        """The run's config; ``model``/``data`` of the default classes in their short form (no class_path).
+
+        The short form is what configs are written in, a valid input again, and what result records held
+        before other modules could be given: ``config["model"]["backbone"]`` keeps its meaning.
+        """
+        sub = self._run_config()
+        config = sub.clone().as_dict()
+        for key, cls in (("model", TaskTransferAnalysis), ("data", TaskPairDataModule)):
+            node = config.get(key)
+            if isinstance(node, dict) and _names_class(node.get("class_path"), cls):
+                config[key] = node.get("init_args") or {}
+        return config
+
+    def _report(self, stage: str) -> None:
+        model: TaskTransferAnalysis = self.model  # type: ignore[assignment]
+        # trainer.log_dir is a collective (broadcast from rank zero): every rank must ask for it.
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        result = getattr(model, "result", None)
+        if not isinstance(result, AnalysisResult) or not self.trainer.is_global_zero:
+            return
+        config = self._config_dict()
+        hashed = {k: config.get(k) for k in ("model", "data", "seed_everything")}
+        callback = self.trainer.checkpoint_callback
+        ckpt = (callback and (callback.last_model_path or callback.best_model_path)) or config.get(
+            "ckpt_path"
+        )
+        result = result.with_timings(
+            total=time.perf_counter() - getattr(self, "_started", time.perf_counter())
+        )
+        record = {
+            "stage": stage,
+            **result.to_dict(),
+            "config_hash": config_hash(hashed),
+            "versions": versions(),
+            "checkpoint": ckpt or None,
+            "config": config,
+        }
+        if stage == "fit" and self._resume is not None:
+            record["resumed_from"] = self._resume["checkpoint"]
+        path = write_json_atomic(log_dir / "result.json", record)
+        from rich.console import Console
+
+        console = Console()
+        console.print(format_result(result))
+        console.print(reading(result))
+        console.print(f"result written to [bold]{path}[/bold]  (config hash {record['config_hash']})")
+
+
+def run(args: list[str] | None) -> None:
+    """Run ``tta fit|test|validate|predict`` with ``args`` (``None``: ``sys.argv[1:]``)."""
+    # The frozen backbone is in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    # Lightning's own use of a deprecated torch pytree API: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION)
+    try:
+        with SignalGuard():  # SIGINT/SIGTERM: a clean stop (exit 130) wherever they arrive
+            _cli(args)
+    except Interrupted as err:
+        raise TTAInterrupted(f"interrupted by {err.signal_name}; nothing was saved") from None
+    except TTAError:
+        raise
+    except Exception as err:  # jsonargparse wraps constructor errors (a "Union subtypes" ValueError)
+        found = find_tta_error(err)
+        if found is None:
+            raise
+        raise found from None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A resume record, or ``None`` when absent or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("checkpoint"), str) else None
+
+
+def _cli(args: list[str] | None) -> None:
+    TTACLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults={
+            "max_epochs": 1,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "default_root_dir": "runs",
+            "deterministic": True,
+        },
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "description": "tta: Task Transfer Analysis of frozen representations "
+            "(see also `tta plugins|cache|benchmark|rank --help` and `tta --version`)"
+        },
+        args=args,
+    )

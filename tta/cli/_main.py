@@ -1,0 +1,67 @@
+"""The ``tta`` dispatcher: LightningCLI subcommands (fit, test...) and tta's own (rank, benchmark...)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from tta.errors import TTAError
+from tta.results import versions
+
+__all__ = ["SUBCOMMANDS", "main"]
+
+#: ``tta <name> ...`` commands outside LightningCLI: name -> module with ``main(argv) -> int``.
+SUBCOMMANDS = {
+    "plugins": "tta.cli._plugins",
+    "cache": "tta.cli._cache",
+    "benchmark": "tta.cli._benchmark",
+    "rank": "tta.cli._rank",
+}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``tta`` console script.
+
+    A :class:`~tta.errors.TTAError` (bad input, a wrong name, an interrupted run...) ends the command with
+    its one-line message on stderr and its exit code, without a traceback; set ``TTA_TRACEBACK=1`` to see
+    the traceback as well. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        _main(args)
+    except TTAError as error:
+        if os.environ.get("TTA_TRACEBACK", "").strip() not in ("", "0"):
+            traceback.print_exc()
+        print(f"tta: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print("tta: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+def _main(args: list[str] | None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in SUBCOMMANDS:  # commands of their own: no Lightning parser involved
+        import importlib
+
+        module = importlib.import_module(SUBCOMMANDS[argv[0]])
+        code = module.main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return
+    if argv and argv[0] == "--version":
+        from tta.cli._plugins import plugin_version_lines
+
+        for name, version in versions().items():
+            if not name.startswith("plugin:"):  # listed below, with their groups
+                print(f"{name} {version}")
+        for line in plugin_version_lines():
+            print(line)
+        return
+    from tta.cli._lightning import run
+
+    run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
