@@ -548,6 +548,14 @@ CLI_CASES = {
         ["train_per_class must be a positive integer"],
     ),
     "unwritable_log_dir": (["--trainer.default_root_dir", "BLOCKED/runs"], ["not a directory", "BLOCKED"]),
+    "negative_head_steps": (
+        ["--model.source_head.steps", "-5"],
+        ["model.source_head.steps must be an integer ≥ 1, got -5"],
+    ),
+    "smoothing_above_one": (
+        ["--model.transform.label_map_smoothing", "2"],
+        ["model.transform.label_map_smoothing must be a number in [0, 1], got 2"],
+    ),
 }
 _NEEDS_WIRING = {
     "unknown_distance": needs_unwrapping,
@@ -555,6 +563,8 @@ _NEEDS_WIRING = {
     "wrong_weights": needs_unwrapping,
     "bad_task_field": needs_unwrapping,
     "unwritable_log_dir": needs_preflight,
+    "negative_head_steps": needs_unwrapping,
+    "smoothing_above_one": needs_unwrapping,
 }
 
 
@@ -653,3 +663,52 @@ def test_unknown_dataset_fails_when_the_data_module_is_built():
         TaskPairDataModule(reference=TaskSpec("fashion_mnist"), target=TaskSpec("digts"))
     module = TaskPairDataModule(reference=TaskSpec("fashion_mnist"), target=TaskSpec("digits"))
     assert module.features is None  # nothing loaded yet
+
+
+#: (section, field, value, words of the error): every model option is checked (issue 16, item 6).
+MODEL_OPTION_CASES = [
+    ("source_head", "steps", -5, "model.source_head.steps must be an integer ≥ 1, got -5"),
+    ("source_head", "batch_size", 0, "model.source_head.batch_size must be an integer ≥ 1, got 0"),
+    ("probe", "lr", -1e-3, "model.probe.lr must be a number > 0, got -0.001"),
+    ("probe", "w_gp", -1.0, "model.probe.w_gp must be a number ≥ 0, got -1.0"),
+    ("standard_probe", "tau", 0.0, "model.standard_probe.tau must be a number > 0, got 0.0"),
+    ("source_head", "weight_decay", float("nan"), "model.source_head.weight_decay must be a number ≥ 0"),
+    ("transform", "steps", -1, "model.transform.steps must be an integer ≥ 0, got -1"),
+    ("transform", "batch_size", 0, "model.transform.batch_size must be an integer ≥ 1, got 0"),
+    ("transform", "select_every", -1, "model.transform.select_every must be an integer ≥ 0, got -1"),
+    (
+        "transform",
+        "label_map_smoothing",
+        2.0,
+        "model.transform.label_map_smoothing must be a number in [0, 1]",
+    ),
+    ("transform", "max_condition", 1.0, "model.transform.max_condition must be a number > 1, got 1.0"),
+    ("transform", "lr_prior", 0.0, "model.transform.lr_prior must be a number > 0, got 0.0"),
+    ("transform", "patience", -2, "model.transform.patience must be an integer ≥ 0, got -2"),
+    ("transform", "mode", "learned", "model.transform.mode must be one of 'learned_all'"),
+    ("evaluation", "w_eval", "jont", "model.evaluation.w_eval must be one of 'joint', 'classwise'"),
+]
+
+
+@pytest.mark.parametrize(("section", "field", "value", "words"), MODEL_OPTION_CASES)
+def test_model_options_are_checked_and_named(section, field, value, words):
+    from tta.fitting import AnalysisSettings, EvalConfig, TransformConfig
+    from tta.heads import HeadConfig
+    from tta.modules import TaskTransferAnalysis
+
+    kind = {"transform": TransformConfig, "evaluation": EvalConfig}.get(section, HeadConfig)
+    config = kind(**{field: value})
+    with pytest.raises(TTAInputError) as err:
+        TaskTransferAnalysis(backbone=None, **{section: config})
+    assert words in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(TTAInputError, match=f"^{section}.{field} must be"):  # the Python API's names
+        AnalysisSettings(**{section: config})
+
+
+def test_head_trainer_checks_its_config_on_the_python_api():
+    from tta.fitting import fit_linear_head
+    from tta.heads import HeadConfig
+
+    z, y = torch.randn(20, 3), torch.arange(20) % 2
+    with pytest.raises(TTAInputError, match=r"steps must be an integer ≥ 1, got 0"):
+        fit_linear_head(z, y, 2, HeadConfig(steps=0), seed=0)

@@ -163,6 +163,26 @@ def test_clear_all_removes_leftovers_and_reports_bytes(populated, capsys):
     assert list(cache.root.iterdir()) == []
 
 
+def test_clear_never_touches_files_that_are_not_cache_entries(populated, capsys):
+    """A mistyped TTA_CACHE_DIR pointing at a project folder keeps the project's own files (issue 16)."""
+    cache, _ = populated
+    foreign = {
+        "settings.json": b'{"a": 1}',
+        "model.safetensors": b"\x04" * 40,
+        ".notes.json.swp.tmp": b"x",
+        "README.md": b"hello",
+    }
+    for name, data in foreign.items():
+        (cache.root / name).write_bytes(data)
+    listed = _json(capsys, ["list", "--cache-dir", str(cache.root), "--json"])
+    assert not any(name in json.dumps(listed) for name in foreign)
+    assert main(["clear", "--cache-dir", str(cache.root)]) == 0
+    assert "removed 7 entries" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted(foreign)
+    for name, data in foreign.items():
+        assert (cache.root / name).read_bytes() == data
+
+
 def test_help_and_usage_errors(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

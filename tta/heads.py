@@ -14,13 +14,22 @@ With ``w_gp = 0`` the same head is a plain (L2-regularised through ``weight_deca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HeadConfig", "LinearHead", "input_gradient_norms", "penalised_loss"]
+__all__ = [
+    "HeadConfig",
+    "LinearHead",
+    "check_integer",
+    "check_number",
+    "input_gradient_norms",
+    "penalised_loss",
+]
 
 
 @dataclass
@@ -43,6 +52,65 @@ class HeadConfig:
     batch_size: int = 512
     lr: float = 1e-2
     weight_decay: float = 0.0
+
+    def validate(self, where: str = "head") -> None:
+        """Check every field; the error names ``<where>.<field>`` and what it must be.
+
+        Args:
+            where: The config's name in the user's terms (``model.source_head``...).
+
+        Raises:
+            tta.errors.TTAInputError: For the first invalid field.
+        """
+        check_number(where, "tau", self.tau, low=0.0, strict=True)
+        check_number(where, "w_gp", self.w_gp, low=0.0)
+        check_integer(where, "steps", self.steps, low=1)
+        check_integer(where, "batch_size", self.batch_size, low=1)
+        check_number(where, "lr", self.lr, low=0.0, strict=True)
+        check_number(where, "weight_decay", self.weight_decay, low=0.0)
+
+
+def check_number(
+    where: str,
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    strict: bool = False,
+) -> None:
+    """Raise a one-line :class:`~tta.errors.TTAInputError` unless ``value`` is a finite number in range.
+
+    Args:
+        where: The config's name (``model.transform``).
+        name: The field.
+        value: Its value.
+        low: Lower limit (``None``: none).
+        high: Upper limit, inclusive (``None``: none).
+        strict: Whether ``low`` itself is excluded.
+    """
+    from tta.errors import TTAInputError
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if strict else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        if low is not None and high is not None:
+            want = f"a number in {'(' if strict else '['}{low:g}, {high:g}]"
+        elif low is not None:
+            want = f"a number {'>' if strict else '≥'} {low:g}"
+        else:
+            want = "a finite number"
+        raise TTAInputError(f"{where}.{name} must be {want}, got {value!r}")
+
+
+def check_integer(where: str, name: str, value: Any, low: int) -> None:
+    """Raise a one-line :class:`~tta.errors.TTAInputError` unless ``value`` is an integer ``≥ low``."""
+    from tta.errors import TTAInputError
+
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise TTAInputError(f"{where}.{name} must be an integer ≥ {low}, got {value!r}")
 
 
 class LinearHead(nn.Linear):

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -46,6 +47,8 @@ CACHE_FORMAT_VERSION = 1
 
 #: Name prefix of the temporary shard directories of an extraction (one left behind means it was interrupted).
 PARTIAL_PREFIX = ".partial-"
+#: An entry's key: 64 lowercase hex characters. Files not named after one are never read or removed.
+_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 #: ``dataset_kwargs`` that do not change the data (left out of the key).
 _NON_DATA_KWARGS = frozenset({"download"})
@@ -333,6 +336,8 @@ class FeatureCache:
         seen: set[Path] = set()
         for manifest_path in sorted(self.root.glob("*.json")):
             key = manifest_path.stem
+            if not _KEY.match(key):  # not a cache entry (a mistyped TTA_CACHE_DIR): never touched
+                continue
             data_path = self.paths(key)[0]
             files = [p for p in (data_path, manifest_path) if p.exists()]
             seen.update(files)
@@ -350,10 +355,14 @@ class FeatureCache:
             if path.name.startswith(PARTIAL_PREFIX) and path.is_dir():
                 key = path.name[len(PARTIAL_PREFIX) :].rsplit("-", 1)[0]
                 reason = "shards of an interrupted extraction"
-            elif path.name.endswith(".tmp") and path.name.startswith("."):
+            elif (
+                path.name.endswith(".tmp")
+                and path.name.startswith(".")
+                and _KEY.match(path.name[1:].split(".", 1)[0])
+            ):
                 key = path.name[1:].split(".", 1)[0]
                 reason = "temporary file of an interrupted write"
-            elif path.suffix == ".safetensors":
+            elif path.suffix == ".safetensors" and _KEY.match(path.stem):
                 key = path.stem
                 reason = "data file without a manifest"
             else:

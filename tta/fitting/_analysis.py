@@ -90,6 +90,23 @@ class AnalysisSettings:
     distance: str = "auto"
     eval_distance: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, prefix: str = "") -> None:
+        """Check every section (names in errors: ``<prefix>source_head.steps``...).
+
+        Args:
+            prefix: Prepended to the section names (``"model."`` under ``tta fit``).
+
+        Raises:
+            tta.errors.TTAInputError: For the first invalid field.
+        """
+        for name in ("source_head", "probe", "standard_probe"):
+            getattr(self, name).validate(f"{prefix}{name}")
+        self.transform.validate(f"{prefix}transform")
+        self.evaluation.validate(f"{prefix}evaluation")
+
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict form (for hashing and the result records)."""
         return asdict(self)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tta.transforms import Mode
+from tta.errors import TTAInputError
+from tta.heads import check_integer, check_number
+from tta.transforms import MODES, Mode
 
 __all__ = ["EvalConfig", "TransformConfig"]
 
@@ -101,6 +103,35 @@ class TransformConfig:
                 "the authors' steps for the paper's bound): set transform.algorithm: tta"
             )
 
+    def validate(self, where: str = "transform") -> None:
+        """Check every field; the error names ``<where>.<field>`` and what it must be.
+
+        Args:
+            where: The config's name in the user's terms (``model.transform``).
+
+        Raises:
+            tta.errors.TTAInputError: For the first invalid field.
+        """
+        _choice(where, "mode", self.mode, MODES)
+        _choice(where, "algorithm", self.algorithm, ("tta", "faithful"))
+        _choice(where, "inverse", self.inverse, ("exact", "learned"))
+        _choice(where, "label_map_init", self.label_map_init, ("matching", "random", "uniform"))
+        check_integer(where, "steps", self.steps, low=0)
+        check_integer(where, "batch_size", self.batch_size, low=1)
+        for name in ("lr", "lr_prior", "label_cost"):
+            check_number(where, name, getattr(self, name), low=0.0, strict=True)
+        if self.lr_feature_map is not None:
+            check_number(where, "lr_feature_map", self.lr_feature_map, low=0.0, strict=True)
+        for name in ("lambda_w", "lambda_p", "lambda_i", "min_improvement", "logit_weight_decay"):
+            check_number(where, name, getattr(self, name), low=0.0)
+        check_integer(where, "inverse_penalty_probes", self.inverse_penalty_probes, low=0)
+        check_integer(where, "select_every", self.select_every, low=0)
+        check_integer(where, "select_points", self.select_points, low=1)
+        check_integer(where, "patience", self.patience, low=0)
+        check_number(where, "label_map_smoothing", self.label_map_smoothing, low=0.0, high=1.0)
+        if self.max_condition is not None:
+            check_number(where, "max_condition", self.max_condition, low=1.0, strict=True)
+
 
 @dataclass
 class EvalConfig:
@@ -120,3 +151,20 @@ class EvalConfig:
     tau_mode: Literal["full", "reference"] = "full"
     inverse: Literal["exact", "learned"] = "exact"
     match_label_marginal: bool = True
+
+    def validate(self, where: str = "evaluation") -> None:
+        """Check every field; the error names ``<where>.<field>``.
+
+        Raises:
+            tta.errors.TTAInputError: For the first invalid field.
+        """
+        _choice(where, "w_eval", self.w_eval, ("joint", "classwise"))
+        _choice(where, "tau_mode", self.tau_mode, ("full", "reference"))
+        _choice(where, "inverse", self.inverse, ("exact", "learned"))
+
+
+def _choice(where: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TTAInputError(
+            f"{where}.{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        )

@@ -53,6 +53,7 @@ class HeadTrainer:
     def __init__(
         self, name: str, head: LinearHead, data: tuple[Tensor, Tensor], config: HeadConfig, seed: int
     ):
+        config.validate(name)
         self.name = name
         self.head = head
         self.data = data

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from tta.backbones import Backbone, create_backbone
 from tta.distances import DistanceEstimator, create_distance
+from tta.errors import TTAInputError
 from tta.fitting import PHASES, Analysis, AnalysisSettings, EvalConfig, EvalTransform, TransformConfig
 from tta.heads import HeadConfig, LinearHead
 from tta.results import AnalysisResult
@@ -69,15 +70,18 @@ class TaskTransferAnalysis(pl.LightningModule):
         if self.backbone is not None:
             self.backbone.requires_grad_(False)
         defaults = AnalysisSettings()
-        self.settings = AnalysisSettings(
-            source_head=source_head or defaults.source_head,
-            probe=probe or defaults.probe,
-            standard_probe=standard_probe or defaults.standard_probe,
-            transform=transform or defaults.transform,
-            evaluation=evaluation or defaults.evaluation,
-            distance=_spec_name(distance) or "auto",
-            eval_distance=_spec_name(eval_distance) or "auto",
-        )
+        try:
+            self.settings = AnalysisSettings(
+                source_head=source_head or defaults.source_head,
+                probe=probe or defaults.probe,
+                standard_probe=standard_probe or defaults.standard_probe,
+                transform=transform or defaults.transform,
+                evaluation=evaluation or defaults.evaluation,
+                distance=_spec_name(distance) or "auto",
+                eval_distance=_spec_name(eval_distance) or "auto",
+            )
+        except TTAInputError as err:  # name the option as the config and the command line spell it
+            raise TTAInputError(f"model.{err}") from None
         # plain dicts only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
