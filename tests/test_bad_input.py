@@ -712,3 +712,25 @@ def test_head_trainer_checks_its_config_on_the_python_api():
     z, y = torch.randn(20, 3), torch.arange(20) % 2
     with pytest.raises(TTAInputError, match=r"steps must be an integer ≥ 1, got 0"):
         fit_linear_head(z, y, 2, HeadConfig(steps=0), seed=0)
+
+
+class _PicklePayload:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_weights_file_with_a_pickle_payload_is_refused_without_running_it(tmp_path):
+    from tta.backbones import WeightsMismatchError, read_state_dict
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "weights.pth"
+    torch.save({"w": torch.ones(2), "x": _PicklePayload(str(marker))}, path)
+    with pytest.raises(WeightsMismatchError) as err:
+        read_state_dict(path)
+    message = str(err.value)
+    assert "holds objects other than tensors (it needs io.open): not loaded" in message
+    assert "weights_only=False" not in message and "\n" not in message
+    assert not marker.exists()

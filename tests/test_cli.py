@@ -37,6 +37,16 @@ def run_tta(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+class _Payload:
+    """Unpickling this runs ``open(path, "w")``: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 @pytest.fixture(scope="module")
 def fitted_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("cli")
@@ -137,6 +147,93 @@ def test_test_subcommand_reevaluates_a_saved_fit(fitted_run):
     assert retest["stage"] == "test"
     assert retest["bound"] == pytest.approx(result["bound"], rel=1e-6)
     assert retest["probe"]["target_ce"] == pytest.approx(result["probe"]["target_ce"], rel=1e-6)
+
+
+def test_test_subcommand_options_win_over_the_checkpoint(fitted_run):
+    """`tta test --ckpt_path` re-evaluates with the given options, not the fit's (issue 16, item 1)."""
+    work, _, result, _ = fitted_run
+    proc = run_tta(
+        "test",
+        "--config",
+        str(TINY),
+        "--ckpt_path",
+        result["checkpoint"],
+        "--model.evaluation.w_eval",
+        "classwise",
+        "--model.eval_distance",
+        "sinkhorn",
+        "--trainer.default_root_dir",
+        str(work / "runs_test_options"),
+        "--data.cache_dir",
+        str(work / "cache"),
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    retest = json.loads(next((work / "runs_test_options").rglob("result.json")).read_text())
+    assert retest["config"]["model"]["evaluation"]["w_eval"] == "classwise"
+    assert retest["config"]["model"]["eval_distance"] == "sinkhorn"
+    assert retest["details"]["distance"]["estimator"] == "sinkhorn"
+    assert retest["bound"] != pytest.approx(result["bound"], rel=1e-9)
+    # the fitted heads are the checkpoint's: the probes are unchanged
+    assert retest["probe"]["target_ce"] == pytest.approx(result["probe"]["target_ce"], rel=1e-6)
+
+
+def test_test_subcommand_refuses_a_checkpoint_of_another_backbone(fitted_run, tmp_path):
+    work, _, result, _ = fitted_run
+    proc = run_tta(
+        "test",
+        "--config",
+        str(TINY),
+        "--ckpt_path",
+        result["checkpoint"],
+        "--model.backbone",
+        "efficientnet_lite1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        cwd=work,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("tta: error:")]
+    assert (
+        len(lines) == 1
+        and "fitted with backbone 'EfficientNetLite0' but the config gives 'EfficientNetLite1'" in lines[0]
+    ), proc.stderr[-2000:]
+
+
+def test_checkpoints_are_loaded_with_weights_only(fitted_run, tmp_path):
+    """A checkpoint holding a pickled object is refused in one line, its payload never run (item 3)."""
+    import torch
+
+    work, _, result, _ = fitted_run
+    ckpt = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)
+    marker = tmp_path / "payload-ran"
+    ckpt["hyper_parameters"]["evil"] = _Payload(str(marker))
+    bad = tmp_path / "bad.ckpt"
+    torch.save(ckpt, bad)
+    for sub in ("test", "fit"):
+        proc = run_tta(
+            sub,
+            "--config",
+            str(TINY),
+            "--ckpt_path",
+            str(bad),
+            "--trainer.default_root_dir",
+            str(tmp_path / f"runs_{sub}"),
+            "--data.cache_dir",
+            str(work / "cache"),
+            cwd=work,
+        )
+        assert proc.returncode == 2, (sub, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr
+        assert (
+            "holds objects other than tensors and plain values (it needs io.open): not loaded" in proc.stderr
+        )
+        assert "weights_only=False" not in proc.stderr
+        assert not marker.exists()
+    good = result["checkpoint"]
+    proc = run_tta("test", "--config", str(TINY), "--ckpt_path", good, "--weights_only", "false", cwd=work)
+    assert proc.returncode == 2 and "weights_only=True only" in proc.stderr
 
 
 def test_tensorboard_has_every_term_and_the_figures(fitted_run):

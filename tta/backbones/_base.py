@@ -24,6 +24,8 @@ import abc
 import hashlib
 import math
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,6 +130,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
             return load_file(str(p), device="cpu")
         obj: Any = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # a pickle payload: never loaded, never "use weights_only=False"
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (it needs {found.group(1)})" if found else ""
+        raise WeightsMismatchError(
+            f"the weights file {p} holds objects other than tensors{what}: not loaded; save the state dict "
+            "alone (torch.save(model.state_dict(), path)) or as .safetensors"
+        ) from None
     except Exception as err:  # truncated, corrupt, or not a weights file at all
         kind = "safetensors" if p.suffix == ".safetensors" else "torch (.pth/.pt/.bin)"
         raise WeightsMismatchError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
 import sys
 import time
 import warnings
@@ -16,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from tta._preflight import check_writable_dir, find_tta_error
 from tta._quiet import LEAFSPEC_DEPRECATION
-from tta.errors import TTAError, TTAInterrupted
+from tta.errors import TTAError, TTAInputError, TTAInterrupted
 from tta.modules._analysis import TaskTransferAnalysis
 from tta.modules._datamodule import TaskPairDataModule
 from tta.modules._interrupt import InterruptCallback, Interrupted, SignalGuard
@@ -70,10 +72,34 @@ class TTACLI(LightningCLI):
         # `model:` / `data:` without `class_path` are init args of the analysis and of its data module.
         parser.set_defaults(
             {
-                "model": {"class_path": f"{TaskTransferAnalysis.__module__}.{TaskTransferAnalysis.__name__}"},
-                "data": {"class_path": f"{TaskPairDataModule.__module__}.{TaskPairDataModule.__name__}"},
+                "model": {"class_path": "tta.modules.TaskTransferAnalysis"},
+                "data": {"class_path": "tta.modules.TaskPairDataModule"},
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--config``, the config and the command line define the model; the checkpoint its state.
+
+        LightningCLI parses a checkpoint's hyper-parameters *over* the config and the command line, so
+        ``tta test --config c.yaml --ckpt_path k.ckpt --model.evaluation.w_eval classwise`` silently
+        evaluated with the fit's options, and a checkpoint of another fit swapped in its backbone. Here
+        the given options win; the checkpoint must be of the same backbone (else one error), and its
+        weights must fit the model (checked when it is loaded). Without ``--config`` the checkpoint's
+        hyper-parameters fill in the model, as in LightningCLI.
+        """
+        sub = self._run_config()
+        ckpt_path = sub.get("ckpt_path")
+        if not sub.get("config") or not ckpt_path or not Path(ckpt_path).is_file():
+            super()._parse_ckpt_path()
+            return
+        hparams = _checkpoint_hparams(ckpt_path)
+        saved = _canonical_backbone(hparams.get("backbone"))
+        given = _canonical_backbone(_backbone_name(sub.get("model.init_args.backbone", None)))
+        if saved is not None and given is not None and saved != given:
+            raise TTAInputError(
+                f"checkpoint {ckpt_path} was fitted with backbone {saved!r} but the config gives {given!r}: "
+                "pass the config of that fit (its config.yaml in the run folder)"
+            )
 
     def before_instantiate_classes(self) -> None:
         """Check the log and cache folders before minutes of extraction and fitting."""
@@ -129,10 +155,18 @@ class TTACLI(LightningCLI):
         """``trainer.fit``, resumed from the resume record's checkpoint when there is one."""
         if self._resume is not None:
             ckpt_path = self._resume["checkpoint"]
+        kw["weights_only"] = _weights_only(kw.get("weights_only"), ckpt_path)
         try:
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
         except Interrupted as err:
             raise TTAInterrupted(self._interrupted_message(err)) from None
+
+    def test(
+        self, model: LightningModule, datamodule: Any = None, ckpt_path: str | None = None, **kw: Any
+    ) -> Any:
+        """``trainer.test``, loading the checkpoint with ``weights_only=True``."""
+        kw["weights_only"] = _weights_only(kw.get("weights_only"), ckpt_path)
+        return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
 
     def after_fit(self) -> None:
         # The analysis prints its own result table; other modules (the small CNN) print their test metrics.
@@ -322,3 +356,60 @@ def _cli(args: list[str] | None) -> None:
         },
         args=args,
     )
+
+
+def _checkpoint_hparams(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The hyper-parameters of a checkpoint, loaded with ``weights_only=True`` (one error if unreadable)."""
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (it needs {found.group(1)})" if found else ""
+        raise TTAInputError(
+            f"checkpoint {path} holds objects other than tensors and plain values{what}: not loaded; "
+            "use a checkpoint written by tta fit"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise TTAInputError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict):
+        raise TTAInputError(f"checkpoint {path} is not a Lightning checkpoint (a {type(ckpt).__name__})")
+    hparams = ckpt.get("hyper_parameters") or {}
+    return dict(hparams) if isinstance(hparams, dict) else {}
+
+
+def _backbone_name(spec: Any) -> str | None:
+    """The saved-hyper-parameter form of a backbone spec (a name, or the class name of ``class_path``)."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    class_path = spec.get("class_path") if hasattr(spec, "get") else None
+    return str(class_path).rsplit(".", 1)[-1] if class_path else None
+
+
+def _weights_only(given: bool | None, ckpt_path: str | os.PathLike[str] | None) -> bool:
+    """Checkpoints are loaded with ``weights_only=True`` only; an unreadable one is refused up front."""
+    if given is False:
+        raise TTAInputError(
+            "--weights_only false is not supported: tta loads checkpoints with weights_only=True only "
+            "(a checkpoint holding other objects could run code when loaded)"
+        )
+    if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and Path(ckpt_path).is_file():
+        _checkpoint_hparams(ckpt_path)  # one line for a checkpoint that is not plain tensors and values
+    return True
+
+
+def _canonical_backbone(name: Any) -> str | None:
+    """A registry name as its class name (``efficientnet_lite0``: ``EfficientNetLite0``), to compare."""
+    if not isinstance(name, str):
+        return None
+    if "/" not in name:
+        from tta.plugins import BACKBONES
+
+        try:
+            return getattr(BACKBONES.get(name), "__name__", name)
+        except LookupError:
+            return name
+    return name
