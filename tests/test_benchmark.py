@@ -5,6 +5,8 @@ import json
 import math
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -488,3 +490,59 @@ def test_every_bound_variant_covers_its_certified_ce_on_every_pair(harness, tmp_
             assert r["bound"] >= r["ground_truth"]["transformed_ce"] - 1e-9, (variant, r["pair_id"])
             assert r["vacuous"] == (r["bound"] >= r["trivial_level"])
             assert r["trivial_level"] == pytest.approx(math.log(2.0), abs=1e-6)  # 2 balanced classes
+
+
+def _run_in_a_terminal(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600
+) -> tuple[int, str]:
+    """Run ``cmd`` with a pseudo-terminal as stdin/stdout/stderr (rich then draws live displays)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    else:
+        proc.kill()
+    os.close(master)
+    return proc.wait(timeout=30), out.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_benchmark_in_a_real_terminal_finishes_and_writes_its_report(tmp_path):
+    """Under a TTY the benchmark's live bar and each pair's Lightning progress share the console (issue 15:
+    it ended in rich's `IndexError: pop from empty list` with no report)."""
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "PYTHONUNBUFFERED": "1"}
+    env.pop("NO_COLOR", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tta.cli",
+        "benchmark",
+        "--config",
+        str(TINY),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    cmd += ["--cache-dir", str(tmp_path / "cache"), "--bootstrap-resamples", "50"]
+    code, out = _run_in_a_terminal(cmd, tmp_path, env)
+    assert code == 0, out[-3000:]
+    assert "Traceback" not in out and "IndexError" not in out
+    assert "\x1b[" in out  # it did draw in the terminal
+    for name in ("report.md", "pairs.csv", "summary.json"):
+        assert (tmp_path / "out" / name).is_file(), name
+    assert len(list((tmp_path / "out" / "pairs").glob("*.json"))) == 3

@@ -463,6 +463,9 @@ def _run_pairs(
             if record is not None:
                 run.resumed.append(pid)
             else:
+                # A pair's own work (extraction, fits) shows Lightning's progress on the same console,
+                # and rich allows one live display at a time: pause this one meanwhile.
+                bar.stop()
                 try:
                     record, features, _ = run_pair(pair, config, estimators)
                 except Exception as err:
@@ -470,6 +473,10 @@ def _run_pairs(
                     log.error("pair %s failed: %s", pair.label, err)
                     if config.on_error == "raise":
                         raise
+                    record = None
+                finally:
+                    bar.start()
+                if record is None:
                     bar.advance(task)
                     continue
                 record["pair_id"] = pid
