@@ -546,3 +546,25 @@ def test_benchmark_in_a_real_terminal_finishes_and_writes_its_report(tmp_path):
     for name in ("report.md", "pairs.csv", "summary.json"):
         assert (tmp_path / "out" / name).is_file(), name
     assert len(list((tmp_path / "out" / "pairs").glob("*.json"))) == 3
+
+
+def test_report_tables_parse_and_say_why_a_correlation_is_undefined(harness):
+    """Every Markdown table keeps its column count (`H(Y_T|Y_S)` is escaped); a constant score says so."""
+    import re
+
+    text = (harness["out"] / "report.md").read_text()
+    tables: list[list[str]] = []
+    current: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    assert len(tables) >= 4
+    for table in tables:
+        widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
+        assert len(widths) == 1, table[:3]
+    assert any("H(Y_T\\|Y_S)" in t[0] for t in tables)
+    # the tiny benchmark's two backbones share one ImageNet accuracy: the static ranker is constant
+    assert "static (constant score: no correlation)" in text

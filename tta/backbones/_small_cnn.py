@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tta._atomic import atomic_path
 from tta.backbones._base import (
     Backbone,
     ImagePreprocess,
@@ -176,9 +177,8 @@ def save_small_cnn_weights(
         "num_classes": str(net.num_classes),
         "tta": json.dumps(extra or {}, sort_keys=True, default=str),
     }
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return p
 
 

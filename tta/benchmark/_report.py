@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tta._atomic import atomic_path
 from tta.benchmark._metrics import (
     BOOTSTRAP_SEED,
     CONFIDENCE_LEVEL,
@@ -201,21 +202,30 @@ def correlation_table(
             low, high = weighted_tau_interval(scores, truth_values, n_resamples=n_resamples)
             pooled["weighted_tau_low"], pooled["weighted_tau_high"] = low, high
             pooled.update(mean_weighted_tau([m["weighted_tau"] for m in per_target], n_resamples=n_resamples))
+            pooled["note"] = _undefined_note(scores)
             table.append({"estimator": est, "truth": truth, "group": "pooled", **pooled})
     return table
+
+
+def _undefined_note(scores: Sequence[float]) -> str:
+    """Why a score's correlations are undefined (``""`` when they are not)."""
+    finite = [x for x in scores if x is not None and math.isfinite(x)]
+    if len(finite) < 3:
+        return f"only {len(finite)} scored pairs: no correlation"
+    if max(finite) - min(finite) <= 1e-12 * max(1.0, abs(finite[0])):
+        return "constant score: no correlation"
+    return ""
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Rows as CSV (the union of keys, in first-seen order, as the header)."""
     header = list(dict.fromkeys(k for r in rows for k in r))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k, "") for k in header})
-    tmp.replace(path)
     return path
 
 
@@ -236,9 +246,14 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _cell(x: Any) -> str:
+    """A Markdown table cell: ``|`` escaped (``H(Y_T|Y_S)`` broke the table), no line breaks."""
+    return _fmt(x).replace("|", "\\|").replace("\n", " ")
+
+
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -335,9 +350,10 @@ def _summary_rows(table: Sequence[dict[str, Any]], truth: str) -> list[list[Any]
     for r in table:
         if r["group"] != "pooled" or r["truth"] != truth:
             continue
+        note = r.get("note")
         rows.append(
             [
-                r["estimator"],
+                f"{r['estimator']} ({note})" if note else r["estimator"],
                 r["n"],
                 r["pearson"],
                 r["kendall_tau"],
@@ -428,7 +444,8 @@ def write_report(
     files["summary_json"] = str(out / "summary.json")
     files["report_md"] = str(out / "report.md")
     write_json_atomic(out / "summary.json", summary)
-    (out / "report.md").write_text(_markdown(summary, records, table, truth_names))
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(_markdown(summary, records, table, truth_names))
     return summary
 
 

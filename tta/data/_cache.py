@@ -21,16 +21,13 @@ it with the other leftovers (``.<name>.<random>.tmp`` files, a data file without
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tta._atomic import atomic_path
 from tta.data._tasks import TaskSpec
 
 __all__ = ["CACHE_FORMAT_VERSION", "PARTIAL_PREFIX", "CacheEntry", "FeatureCache", "default_cache_dir"]
@@ -70,21 +68,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path next to ``final``, moved onto it on success and removed on failure."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _disk_size(path: Path) -> int:
@@ -414,7 +397,7 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         data_path, manifest_path = self.paths(key)
         manifest_path.unlink(missing_ok=True)  # invalidate any old entry before touching its data
-        with _atomic_path(data_path) as tmp:
+        with atomic_path(data_path) as tmp:
             save_file({"features": features, "labels": labels}, str(tmp), metadata={"key": key})
             digest = _sha256_file(tmp)
         manifest = {
@@ -427,7 +410,7 @@ class FeatureCache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "meta": meta or {},
         }
-        with _atomic_path(manifest_path) as tmp:
+        with atomic_path(manifest_path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         for leftover in self.partial_dirs(key):  # shards of interrupted extractions of this entry
             shutil.rmtree(leftover, ignore_errors=True)

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,23 +76,17 @@ def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> 
         tta.errors.TTAError: ``disk full while writing ...`` when the disk or quota is full, or (a
             :class:`~tta.errors.TTAInputError`) when the folder cannot be written.
     """
+    from tta._atomic import atomic_path
     from tta._preflight import io_error
 
     path = Path(path)
     fix = f"write {path.name} to another folder (e.g. --trainer.default_root_dir for a run's result)"
-    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
+        with atomic_path(path) as tmp, tmp.open("w") as fh:
             json.dump(_clean(payload), fh, indent=2, allow_nan=False, default=str)
             fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         friendly = io_error(err, path, "the JSON record", fix)
         if friendly is not None:
             raise friendly from err
