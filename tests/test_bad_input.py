@@ -9,6 +9,7 @@ capturing each one's stderr and exit code, so that Lightning is imported once; o
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -734,3 +735,83 @@ def test_a_weights_file_with_a_pickle_payload_is_refused_without_running_it(tmp_
     assert "holds objects other than tensors (it needs io.open): not loaded" in message
     assert "weights_only=False" not in message and "\n" not in message
     assert not marker.exists()
+
+
+# ------------------------------------------------------- ordinary mistakes: one line, no traceback (item 8)
+def test_an_empty_or_truncated_image_file_names_the_file(tmp_path):
+    from PIL import Image
+
+    from tta.data._datasets import decode_square
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:40])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    for bad in (empty, truncated, text):
+        with pytest.raises(
+            TTAInputError, match=rf"cannot read the image {re.escape(str(bad))} .*replace or remove"
+        ):
+            decode_square(bad, 8)
+    assert decode_square(good, 8).shape == (8, 8, 3)
+
+
+def test_an_invalid_shift_is_one_input_error():
+    from tta.data import TaskSpec
+
+    with pytest.raises(TTAInputError, match=r"shifts\[0\]: unknown shift 'rotaton'"):
+        TaskSpec(dataset="digits", classes=[0, 1], shifts=[{"name": "rotaton", "degrees": 30}])
+    with pytest.raises(TTAInputError, match=r"shifts\[0\] \(rotation\) takes parameters \['degrees'\]"):
+        TaskSpec(dataset="digits", classes=[0, 1], shifts=[{"name": "rotation"}])
+
+
+def test_cache_commands_survive_a_manifest_that_is_json_but_not_an_object(tmp_path, capsys):
+    from tta.cli._cache import main as cache_main
+    from tta.data import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache")
+    key = "b" * 64
+    cache.save(key, torch.zeros(3, 2), torch.arange(3))
+    cache.paths(key)[1].write_text("[1, 2, 3]")
+    assert cache_main(["list", "--cache-dir", str(cache.root)]) == 0
+    out = capsys.readouterr().out
+    assert "corrupt" in out
+    assert cache_main(["clear", "--cache-dir", str(cache.root)]) == 0
+    assert list(cache.root.iterdir()) == []
+    assert cache.load(key) is None
+
+
+def test_benchmark_output_under_a_file_fails_before_any_pair(tmp_path, capsys):
+    from tta.cli._benchmark import main as benchmark_main
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    config = ROOT / "tests" / "conf" / "benchmark_tiny.yaml"
+    code = benchmark_main(["--config", str(config), "--output", str(blocked / "out"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr()
+    assert "is a file" in (err.out + err.err) or "not a directory" in (err.out + err.err)
+    assert "Traceback" not in err.out + err.err
+
+
+def test_rank_json_under_a_file_fails_before_the_fits(tmp_path, capsys, monkeypatch):
+    import tta.cli._rank as rank_cli
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    ran = []
+
+    def no_fits(args):
+        ran.append(args)
+        raise AssertionError("the fits ran before the --json check")
+
+    monkeypatch.setattr(rank_cli, "_rank", no_fits)
+    args = ["--target", "digits", "--zoo", "efficientnet_lite0", "--reference", "fashion_mnist"]
+    assert rank_cli.main([*args, "--json", str(blocked / "rank.json")]) == 2
+    assert rank_cli.main([*args, "--json", str(tmp_path)]) == 2
+    assert ran == []
+    err = " ".join(capsys.readouterr().err.split())  # undo rich's wrapping
+    assert "is a folder" in err and "Traceback" not in err

@@ -172,6 +172,16 @@ def main(argv: list[str]) -> int:
         config.on_error = args.on_error
     if args.limit is not None:
         config.pairs = config.pairs[: max(args.limit, 0)]
+    from tta._preflight import check_writable_dir
+    from tta.errors import TTAInputError
+
+    try:  # before any pair runs, not after an hour of them
+        check_writable_dir(
+            config.output_dir, "the benchmark's output (--output)", fix="pass --output <folder>"
+        )
+    except TTAInputError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
     try:
         run = run_benchmark(config, progress=not args.no_progress and sys.stderr.isatty())
     except PluginNotFoundError as err:

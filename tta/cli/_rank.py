@@ -148,6 +148,14 @@ def main(argv: list[str]) -> int:
     if not out.is_terminal:  # piped or captured: wide enough for the table, no wrapping
         out = Console(width=max(out.width, 140))
     try:
+        if args.json is not None:  # before the fits, not after them
+            from tta._preflight import check_writable_dir
+
+            if Path(args.json).is_dir():
+                raise TTAInputError(
+                    f"--json {args.json} is a folder: give a file path, e.g. {args.json}/rank.json"
+                )
+            check_writable_dir(Path(args.json).parent, "the ranking's JSON file (--json)")
         ranking, target_name = _rank(args)
     except (TTAError, ValueError, FileNotFoundError, LookupError) as e:
         err.print(f"[red]error:[/red] {e}")

@@ -266,6 +266,8 @@ class FeatureCache:
             return None, None
         try:
             manifest = json.loads(manifest_path.read_text())
+            if not isinstance(manifest, dict):
+                return None, f"manifest is not a JSON object (a {type(manifest).__name__})"
             if manifest.get("format") != CACHE_FORMAT_VERSION or manifest.get("key") != key:
                 return None, f"manifest format/key mismatch ({manifest.get('format')}, {manifest.get('key')})"
             if not data_path.exists():
@@ -369,9 +371,10 @@ class FeatureCache:
         """The entry's manifest (unverified), or ``None``."""
         path = self.paths(key)[1]
         try:
-            return json.loads(path.read_text())
+            manifest = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
+        return manifest if isinstance(manifest, dict) else None  # JSON, but not a manifest
 
     def save(self, key: str, features: Tensor, labels: Tensor, meta: dict[str, Any] | None = None) -> Path:
         """Write an entry atomically (data first, manifest last).

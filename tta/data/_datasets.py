@@ -349,8 +349,14 @@ def decode_square(item: Any, size: int) -> Tensor:
     if isinstance(item, tuple):
         item = item[0]
     if isinstance(item, (str, os.PathLike)):
-        with Image.open(item) as opened:
-            img = opened.convert("RGB")
+        try:
+            with Image.open(item) as opened:
+                img = opened.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # empty, truncated, not an image
+            raise TTAInputError(
+                f"cannot read the image {os.fspath(item)} ({type(err).__name__}: {err}); it is empty, "
+                "truncated or not an image: replace or remove it"
+            ) from None
     elif isinstance(item, Image.Image):
         img = item.convert("RGB")
     else:

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tta.errors import TTAInputError
+
 __all__ = [
     "SHIFTS",
     "apply_shifts",
@@ -228,34 +230,34 @@ def validate_shifts(shifts: Sequence[Mapping[str, Any]] | None) -> None:
     """Check a ``shifts`` list: known names, exactly the parameters each needs, numbers in range.
 
     Raises:
-        ValueError: Naming the offending entry and what it should look like.
+        tta.errors.TTAInputError: (a ``ValueError``) Naming the offending entry and what it should look like.
     """
     for i, entry in enumerate(shifts or ()):
         if not isinstance(entry, Mapping) or "name" not in entry:
-            raise ValueError(
+            raise TTAInputError(
                 f"shifts[{i}] must be a mapping with a `name`, e.g. {{name: rotation, degrees: 30}}"
             )
         name = entry["name"]
         if name not in SHIFTS:
-            raise ValueError(f"shifts[{i}]: unknown shift {name!r}; known: {', '.join(SHIFTS)}")
+            raise TTAInputError(f"shifts[{i}]: unknown shift {name!r}; known: {', '.join(SHIFTS)}")
         params = set(entry) - {"name"}
         needed = set(SHIFTS[name][1])
         if params != needed:
             want = ", ".join(f"{p}: <number>" for p in SHIFTS[name][1])
-            raise ValueError(
+            raise TTAInputError(
                 f"shifts[{i}] ({name}) takes parameters {sorted(needed) or 'none'}, got {sorted(params)}; "
                 f"write {{name: {name}{', ' + want if want else ''}}}"
             )
         for p in needed:
             value = entry[p]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"shifts[{i}] ({name}): {p} must be a number, got {value!r}")
+                raise TTAInputError(f"shifts[{i}] ({name}): {p} must be a number, got {value!r}")
         if name == "noise" and entry["std"] < 0:
-            raise ValueError(f"shifts[{i}] (noise): std must be >= 0, got {entry['std']}")
+            raise TTAInputError(f"shifts[{i}] (noise): std must be >= 0, got {entry['std']}")
         if name == "blur" and entry["sigma"] <= 0:
-            raise ValueError(f"shifts[{i}] (blur): sigma must be > 0, got {entry['sigma']}")
+            raise TTAInputError(f"shifts[{i}] (blur): sigma must be > 0, got {entry['sigma']}")
         if name == "resolution" and (entry["size"] < 1 or entry["size"] != int(entry["size"])):
-            raise ValueError(
+            raise TTAInputError(
                 f"shifts[{i}] (resolution): size must be a positive integer, got {entry['size']}"
             )
 

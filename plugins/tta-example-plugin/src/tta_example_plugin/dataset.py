@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tta.data import DatasetNotFoundError, ImageDataset
+from tta.errors import TTAInputError
 
 __all__ = ["npy_folder"]
 
@@ -27,23 +28,23 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"npy_folder: cannot read {path} as a .npy array: {err}") from err
+        raise TTAInputError(f"npy_folder: cannot read {path} as a .npy array: {err}") from err
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ValueError(
+        raise TTAInputError(
             f"npy_folder: {path} holds an array of shape {arr.shape}; expected one image (H, W) or "
             "(H, W, C) with C in {1, 3, 4}"
         )
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(
+            raise TTAInputError(
                 f"npy_folder: {path} has dtype {arr.dtype}; expected uint8 pixels (0..255). Convert it, e.g. "
                 "np.save(path, np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)) for [0, 1] floats"
             )
         lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
         if lo < 0 or hi > 255:
-            raise ValueError(f"npy_folder: {path} has values {lo}..{hi}, outside the uint8 range 0..255")
+            raise TTAInputError(f"npy_folder: {path} has values {lo}..{hi}, outside the uint8 range 0..255")
         arr = arr.astype(np.uint8)
     return arr
 
@@ -68,7 +69,8 @@ def npy_folder(root: str, classes: list[str] | None = None, name: str | None = N
     Raises:
         DatasetNotFoundError: If ``root`` (or a requested class folder) does not exist or holds no class
             folder.
-        ValueError: On an empty class folder, a file that is not one uint8 image, or images of different
+        tta.errors.TTAInputError: (a ``ValueError``) On an empty class folder, a file that is not one
+            uint8 image, or images of different
             shapes.
     """
     base = Path(root).expanduser()
@@ -89,14 +91,14 @@ def npy_folder(root: str, classes: list[str] | None = None, name: str | None = N
                 f"npy_folder: class folders {missing} are not in {str(base)!r} (it has: {', '.join(found)})"
             )
         if len(set(classes)) != len(classes):
-            raise ValueError(f"npy_folder: classes lists a folder more than once: {classes}")
+            raise TTAInputError(f"npy_folder: classes lists a folder more than once: {classes}")
     images: list[np.ndarray] = []
     labels: list[int] = []
     first: dict[tuple[int, ...], Path] = {}
     for label, cls in enumerate(classes):
         files = sorted((base / cls).glob("*.npy"))
         if not files:
-            raise ValueError(f"npy_folder: class folder {str(base / cls)!r} holds no .npy file")
+            raise TTAInputError(f"npy_folder: class folder {str(base / cls)!r} holds no .npy file")
         for path in files:
             img = _read_image(path)
             first.setdefault(img.shape, path)
@@ -104,7 +106,9 @@ def npy_folder(root: str, classes: list[str] | None = None, name: str | None = N
             labels.append(label)
     if len(first) > 1:
         shapes = "; ".join(f"{shape} (e.g. {path})" for shape, path in first.items())
-        raise ValueError(f"npy_folder: images of {str(base)!r} differ in shape: {shapes}; resize them to one")
+        raise TTAInputError(
+            f"npy_folder: images of {str(base)!r} differ in shape: {shapes}; resize them to one"
+        )
     return ImageDataset(
         name=name or f"npy_folder:{base.name}",
         images=torch.from_numpy(np.stack(images)),
