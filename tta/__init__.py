@@ -38,6 +38,7 @@ _LAZY = {
     "AnalysisResult": "tta.results",
     "BoundReport": "tta.results",
     "analyze_features": "tta.fitting",
+    "analyze": "tta.fitting",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

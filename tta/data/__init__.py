@@ -8,7 +8,8 @@
   merging, domain shifts, seed) and :func:`load_task`; :func:`apply_shifts` (rotation, inversion,
   noise, blur, resolution).
 - Features: :func:`extract_features` and :func:`get_features` (cached in a :class:`FeatureCache`:
-  safetensors + JSON manifest, atomic, checksummed).
+  safetensors + JSON manifest, atomic, checksummed); :class:`FeaturePair`, the standardised features of
+  a task pair that the fit engine takes (:func:`standardise`, :func:`check_features`).
 
 Nothing here imports timm or Lightning. The Lightning classes live in :mod:`tta.modules`;
 ``tta.data.TaskPairDataModule`` still resolves (on first access) to
@@ -32,6 +33,7 @@ from tta.data._datasets import (
     read_idx,
 )
 from tta.data._features import ExtractedFeatures, extract_features, get_features
+from tta.data._pair import FeaturePair, check_features, check_split, standardise
 from tta.data._shifts import apply_shifts
 from tta.data._tasks import TaskSpec, load_task, resolve_classes, split_dataset
 
@@ -41,12 +43,15 @@ __all__ = [
     "DatasetNotFoundError",
     "ExtractedFeatures",
     "FeatureCache",
+    "FeaturePair",
     "ImageDataset",
     "LazyImageDataset",
     "TaskPairDataModule",
     "TaskSpec",
     "TextDataset",
     "apply_shifts",
+    "check_features",
+    "check_split",
     "dataset_splits",
     "default_cache_dir",
     "digits",
@@ -59,6 +64,7 @@ __all__ = [
     "read_idx",
     "resolve_classes",
     "split_dataset",
+    "standardise",
 ]
 
 

@@ -4,7 +4,8 @@
 - :class:`TransformFitter` learns the transform — optimiser, cond(A) guard, best-state selection,
   convergence-based stopping (:func:`learn_transform` loops over it);
 - :class:`Analysis` holds the heads and the transform and runs the four phases one global step at a
-  time; :func:`analyze_features` fits and evaluates it on precomputed features;
+  time; :func:`analyze_features` fits and evaluates it on a :class:`~tta.data.FeaturePair`, and
+  :func:`analyze` (also ``tta.analyze``) on plain ``(features, labels)`` tensors, in one call;
 - :func:`evaluate_bound` evaluates the bound on test splits and returns a :class:`~tta.results.BoundReport`.
 
 ``tta fit`` (:class:`tta.modules.TaskTransferAnalysis`) calls :meth:`Analysis.step` from its training
@@ -12,6 +13,7 @@ step, so the Python API and the command line give bit-identical heads, transform
 """
 
 from tta.fitting._analysis import PHASES, Analysis, AnalysisSettings, Phase, analyze_features
+from tta.fitting._api import analyze, split_features
 from tta.fitting._config import EvalConfig, TransformConfig
 from tta.fitting._evaluate import EvalTransform, evaluate_bound, prepare_evaluation
 from tta.fitting._heads import HeadTrainer, fit_linear_head
@@ -43,6 +45,7 @@ __all__ = [
     "TransformConfig",
     "TransformFitter",
     "WarningLog",
+    "analyze",
     "analyze_features",
     "check_finite_gradients",
     "default_objective",
@@ -57,6 +60,7 @@ __all__ = [
     "sample_by_prior",
     "selection_subset",
     "selects_best",
+    "split_features",
     "step_objective",
     "transform_optimizer",
 ]

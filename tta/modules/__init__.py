@@ -14,9 +14,10 @@
 The implementation modules are private; import from here.
 """
 
+from tta.data._pair import FeaturePair, check_features
 from tta.modules._analysis import TaskTransferAnalysis
 from tta.modules._backbone_training import SmallCNNClassifier, TaskImageDataModule
-from tta.modules._datamodule import FeaturePair, TaskPairDataModule, check_features, extraction_trainer_kwargs
+from tta.modules._datamodule import TaskPairDataModule, extraction_trainer_kwargs
 from tta.modules._extraction import (
     FeatureExtractor,
     PreprocessedChunks,
