@@ -670,7 +670,7 @@ def test_unknown_dataset_fails_when_the_data_module_is_built():
 MODEL_OPTION_CASES = [
     ("source_head", "steps", -5, "model.source_head.steps must be an integer ≥ 1, got -5"),
     ("source_head", "batch_size", 0, "model.source_head.batch_size must be an integer ≥ 1, got 0"),
-    ("probe", "lr", -1e-3, "model.probe.lr must be a number > 0, got -0.001"),
+    ("probe", "lr", -1e-3, "model.probe.lr must be a number ≥ 0, got -0.001"),
     ("probe", "w_gp", -1.0, "model.probe.w_gp must be a number ≥ 0, got -1.0"),
     ("standard_probe", "tau", 0.0, "model.standard_probe.tau must be a number > 0, got 0.0"),
     ("source_head", "weight_decay", float("nan"), "model.source_head.weight_decay must be a number ≥ 0"),
@@ -684,7 +684,8 @@ MODEL_OPTION_CASES = [
         "model.transform.label_map_smoothing must be a number in [0, 1]",
     ),
     ("transform", "max_condition", 1.0, "model.transform.max_condition must be a number > 1, got 1.0"),
-    ("transform", "lr_prior", 0.0, "model.transform.lr_prior must be a number > 0, got 0.0"),
+    ("transform", "lr_prior", -1.0, "model.transform.lr_prior must be a number ≥ 0, got -1.0"),
+    ("transform", "label_cost", 0.0, "model.transform.label_cost must be a number > 0, got 0.0"),
     ("transform", "patience", -2, "model.transform.patience must be an integer ≥ 0, got -2"),
     ("transform", "mode", "learned", "model.transform.mode must be one of 'learned_all'"),
     ("evaluation", "w_eval", "jont", "model.evaluation.w_eval must be one of 'joint', 'classwise'"),

@@ -236,6 +236,33 @@ def test_checkpoints_are_loaded_with_weights_only(fitted_run, tmp_path):
     assert proc.returncode == 2 and "weights_only=True only" in proc.stderr
 
 
+def test_test_without_a_checkpoint_refuses_an_unfitted_model(fitted_run, tmp_path):
+    """`tta test` without --ckpt_path used to print a bound of untrained heads (issue 16, item 7)."""
+    work = fitted_run[0]
+    proc = run_tta(
+        "test", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--data.cache_dir", str(work / "cache"), cwd=work,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("tta: error:")]
+    assert len(lines) == 1 and "nothing is fitted: this model has run 0 of its 70 training steps" in lines[0]
+    assert not list((tmp_path / "runs").rglob("result.json"))
+
+
+def test_a_fit_cut_short_is_marked_incomplete(fitted_run, tmp_path):
+    work = fitted_run[0]
+    proc = run_tta(
+        "fit", "--config", str(TINY), "--trainer.max_steps", "10",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), "--data.cache_dir", str(work / "cache"),
+        cwd=work,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next((tmp_path / "runs").rglob("result.json")).read_text())
+    notes = [w for w in result["warnings"] if w.startswith("incomplete fit")]
+    assert notes and "10 of 70 training steps ran (stopped in the source_head phase" in notes[0]
+    assert "incomplete fit" in " ".join(proc.stdout.split())
+
+
 def test_tensorboard_has_every_term_and_the_figures(fitted_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -144,6 +144,25 @@ def test_signal_stops_at_a_step_boundary_and_resume_is_exact(tmp_path, reference
     assert not ckpt.exists()  # the mid-fit checkpoint is gone once the fit completed
 
 
+def test_a_signal_in_the_last_step_keeps_the_fitted_model(tmp_path, reference):
+    """Interrupted during the last training step, the rerun has no step left to run, so no epoch-end
+    checkpoint is written: the interrupt checkpoint (the complete fit) must be kept (issue 16, item 4)."""
+    ref_model, ref_result = reference
+    model = _model()
+    callback = InterruptCallback(save_every_s=None)
+    with pytest.raises(TTAInterrupted, match=rf"at step {model.total_steps}/{model.total_steps} "):
+        _fit(tmp_path, model, [callback, SignalAtStep(model.total_steps - 1, signal.SIGINT)])
+    ckpt = callback.checkpoint_path
+    resumed = _model()
+    again = InterruptCallback(save_every_s=None)
+    result = _fit_and_test(tmp_path, resumed, [again], ckpt_path=str(ckpt))
+    _assert_same_fit(resumed, result, ref_model, ref_result)
+    kept = again.checkpoint_path
+    assert kept is not None and kept.is_file()
+    reloaded = torch.load(kept, map_location="cpu", weights_only=True)
+    assert int(reloaded["state_dict"]["step_counter"]) == resumed.total_steps
+
+
 def test_resume_keeps_the_early_stop_of_patience(tmp_path):
     """transform.patience stops the transform phase early (timings["transform_stopped_at"]); a fit
     interrupted after that point reports the same stop when resumed."""

@@ -66,7 +66,7 @@ class HeadConfig:
         check_number(where, "w_gp", self.w_gp, low=0.0)
         check_integer(where, "steps", self.steps, low=1)
         check_integer(where, "batch_size", self.batch_size, low=1)
-        check_number(where, "lr", self.lr, low=0.0, strict=True)
+        check_number(where, "lr", self.lr, low=0.0)
         check_number(where, "weight_decay", self.weight_decay, low=0.0)
 
 

@@ -282,8 +282,11 @@ class TTACLI(LightningCLI):
         config = self._config_dict()
         hashed = {k: config.get(k) for k in ("model", "data", "seed_everything")}
         callback = self.trainer.checkpoint_callback
-        ckpt = (callback and (callback.last_model_path or callback.best_model_path)) or config.get(
-            "ckpt_path"
+        kept = self._interrupt.checkpoint_path if self._interrupt is not None else None
+        ckpt = (
+            (callback and (callback.last_model_path or callback.best_model_path))
+            or (str(kept) if kept is not None and Path(kept).is_file() else None)
+            or config.get("ckpt_path")
         )
         result = result.with_timings(
             total=time.perf_counter() - getattr(self, "_started", time.perf_counter())
@@ -368,10 +371,14 @@ def _checkpoint_hparams(path: str | os.PathLike[str]) -> dict[str, Any]:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = f" (it needs {found.group(1)})" if found else ""
+        if found is None:  # not a pickle at all, or a truncated one
+            raise TTAInputError(
+                f"checkpoint {path} cannot be read: it is truncated, corrupt or not a checkpoint; use "
+                "another checkpoint of the fit"
+            ) from None
         raise TTAInputError(
-            f"checkpoint {path} holds objects other than tensors and plain values{what}: not loaded; "
-            "use a checkpoint written by tta fit"
+            f"checkpoint {path} holds objects other than tensors and plain values (it needs "
+            f"{found.group(1)}): not loaded; use a checkpoint written by tta fit"
         ) from None
     except (OSError, RuntimeError, EOFError) as err:
         raise TTAInputError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None

@@ -118,10 +118,11 @@ class TransformConfig:
         _choice(where, "label_map_init", self.label_map_init, ("matching", "random", "uniform"))
         check_integer(where, "steps", self.steps, low=0)
         check_integer(where, "batch_size", self.batch_size, low=1)
-        for name in ("lr", "lr_prior", "label_cost"):
-            check_number(where, name, getattr(self, name), low=0.0, strict=True)
+        for name in ("lr", "lr_prior"):  # 0 freezes that part of the transform
+            check_number(where, name, getattr(self, name), low=0.0)
+        check_number(where, "label_cost", self.label_cost, low=0.0, strict=True)
         if self.lr_feature_map is not None:
-            check_number(where, "lr_feature_map", self.lr_feature_map, low=0.0, strict=True)
+            check_number(where, "lr_feature_map", self.lr_feature_map, low=0.0)
         for name in ("lambda_w", "lambda_p", "lambda_i", "min_improvement", "logit_weight_decay"):
             check_number(where, name, getattr(self, name), low=0.0)
         check_integer(where, "inverse_penalty_probes", self.inverse_penalty_probes, low=0)

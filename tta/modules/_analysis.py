@@ -11,7 +11,8 @@ which returns the features: the data module never reaches back into the model.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+import warnings
+from dataclasses import asdict, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -246,6 +247,12 @@ class TaskTransferAnalysis(pl.LightningModule):
         self._test_started = time.perf_counter()
         analysis = self.analysis
         assert analysis is not None and self.test_metrics is not None
+        if int(self.step_counter) == 0 and self.total_steps > 0:
+            raise TTAInputError(
+                f"nothing is fitted: this model has run 0 of its {self.total_steps} training steps, so its "
+                "heads and transform are untrained; run `tta fit`, or give `tta test` the checkpoint of a "
+                "fit (--ckpt_path)"
+            )
         for metric in self.test_metrics.values():
             metric.reset()
         self._eval = analysis.prepare_evaluation(self.features.target_test[1].to(self.device))
@@ -260,7 +267,18 @@ class TaskTransferAnalysis(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         assert self.analysis is not None and self.test_metrics is not None
-        self.result = result = self.analysis.result(self.features, self.test_metrics, self._test_started)
+        result = self.analysis.result(self.features, self.test_metrics, self._test_started)
+        done, total = int(self.step_counter), self.total_steps
+        if done < total:  # e.g. --trainer.max_steps: the later phases never trained
+            phase, _ = self.phase_of(done)
+            message = (
+                f"incomplete fit: {done} of {total} training steps ran (stopped in the {phase} phase, e.g. "
+                "by --trainer.max_steps); the phases from there on are untrained, so this bound does not "
+                "describe the analysis"
+            )
+            warnings.warn(message, UserWarning, stacklevel=2)
+            result = replace(result, warnings=(*result.warnings, message))
+        self.result = result
         report = result.report
         log = {
             "test/bound": report.bound,

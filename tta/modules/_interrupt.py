@@ -295,9 +295,9 @@ class InterruptCallback(Callback):
             received = received or ("a signal on another rank" if stop else None)
         if received is None and not due:
             return
-        path = self.save(trainer)
         done, total, phase = describe_progress(trainer, pl_module)
-        self.saved_step = done
+        self.saved_step = done  # before saving: the checkpoint records its own step
+        path = self.save(trainer)
         if received is None:
             self.write_record(trainer, pl_module, "running")
             return
@@ -313,6 +313,20 @@ class InterruptCallback(Callback):
         self._release()
         final = _final_checkpoint(trainer)
         path = self.checkpoint_path
+        done, total, _ = describe_progress(trainer, pl_module)
+        resumed = getattr(trainer, "ckpt_path", None)
+        if (
+            final is None
+            and path is not None
+            and path.is_file()
+            and resumed is not None
+            and Path(resumed).resolve() == path.resolve()
+            and self._steps_since_save == 0
+            and done == total
+        ):
+            # resumed from a save after the last step (a signal in that step): no step was left to run,
+            # so nothing else was written, and this checkpoint is the complete fit: keep it as the final one
+            final = str(path)
         if path is not None and trainer.is_global_zero and final != str(path):
             path.unlink(missing_ok=True)  # a mid-fit state: never leave it beside the final checkpoint
         self.checkpoint_path = Path(final) if final else None
