@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tta.errors import TTAError, TTAInputError
 
-__all__ = ["DISK_FULL_ERRNOS", "check_writable_dir", "find_tta_error", "io_error"]
+__all__ = ["DISK_FULL_ERRNOS", "check_writable_dir", "find_tta_error", "io_error", "refused_global"]
 
 #: ``errno`` values meaning "no space left" (a full disk, or a full quota).
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -115,3 +115,15 @@ def find_tta_error(err: BaseException | None) -> TTAError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def refused_global(err: BaseException) -> str | None:
+    """The object a ``torch.load(weights_only=True)`` refused to unpickle (``"io.open"``), else ``None``.
+
+    ``None`` means the file is not a readable pickle at all (truncated, corrupt). Torch's own message
+    advises ``weights_only=False``, which tta never suggests: callers word the error themselves.
+    """
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else None

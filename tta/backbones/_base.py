@@ -25,7 +25,6 @@ import hashlib
 import math
 import os
 import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -131,16 +130,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             return load_file(str(p), device="cpu")
         obj: Any = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's message advises weights_only=False, which is never right here: say it in our words
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found is None:  # not a pickle at all, or a truncated one
-            raise WeightsMismatchError(
-                f"cannot read the weights file {p} as a torch (.pth/.pt/.bin) file (not a readable "
-                "checkpoint); it is truncated, corrupt, or in another format: download or export it again"
-            ) from None
+        from tta._preflight import refused_global
+
+        needed = refused_global(err)
         raise WeightsMismatchError(
-            f"the weights file {p} holds objects other than tensors (it needs {found.group(1)}): not "
-            "loaded; save the state dict alone (torch.save(model.state_dict(), path)) or as .safetensors"
+            f"the weights file {p} holds objects other than tensors (it needs {needed}): not loaded; save "
+            "the state dict alone (torch.save(model.state_dict(), path)) or as .safetensors"
+            if needed
+            else f"cannot read the weights file {p} as a torch (.pth/.pt/.bin) file (not a readable "
+            "checkpoint); it is truncated, corrupt, or in another format: download or export it again"
         ) from None
     except Exception as err:  # truncated, corrupt, or not a weights file at all
         kind = "safetensors" if p.suffix == ".safetensors" else "torch (.pth/.pt/.bin)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -16,7 +15,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from tta._preflight import check_writable_dir, find_tta_error
+from tta._preflight import check_writable_dir, find_tta_error, refused_global
 from tta._quiet import LEAFSPEC_DEPRECATION
 from tta.errors import TTAError, TTAInputError, TTAInterrupted
 from tta.modules._analysis import TaskTransferAnalysis
@@ -370,15 +369,13 @@ def _checkpoint_hparams(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found is None:  # not a pickle at all, or a truncated one
-            raise TTAInputError(
-                f"checkpoint {path} cannot be read: it is truncated, corrupt or not a checkpoint; use "
-                "another checkpoint of the fit"
-            ) from None
+        needed = refused_global(err)
         raise TTAInputError(
-            f"checkpoint {path} holds objects other than tensors and plain values (it needs "
-            f"{found.group(1)}): not loaded; use a checkpoint written by tta fit"
+            f"checkpoint {path} holds objects other than tensors and plain values (it needs {needed}): "
+            "not loaded; use a checkpoint written by tta fit"
+            if needed
+            else f"checkpoint {path} cannot be read: it is truncated, corrupt or not a checkpoint; use "
+            "another checkpoint of the fit"
         ) from None
     except (OSError, RuntimeError, EOFError) as err:
         raise TTAInputError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
