@@ -616,11 +616,9 @@ def test_cli_prints_one_error_line(case, cli_results):
 
 
 @pytest.mark.slow
-def test_cli_config_key_typo_is_lightning_cli_s_own_message(cli_results):
-    result = cli_results["key_typo"]
-    assert result["code"] == 2
-    assert "Traceback" not in result["stderr"]
-    assert "unrecognized arguments: --sourse_head.tau" in result["stderr"]
+def test_cli_option_typo_is_one_line_with_the_closest_option(cli_results):
+    line = _one_error_line(cli_results["key_typo"])
+    assert "unknown option --model.sourse_head.tau: did you mean --model.source_head?" in line
 
 
 @pytest.mark.slow
@@ -816,3 +814,40 @@ def test_rank_json_under_a_file_fails_before_the_fits(tmp_path, capsys, monkeypa
     assert ran == []
     err = " ".join(capsys.readouterr().err.split())  # undo rich's wrapping
     assert "is a folder" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (
+            ["--model.transform.stpes", "30"],
+            "unknown option --model.transform.stpes: did you mean --model.transform.steps?",
+        ),
+        (["--model.init_args.probe.tua", "1"], "did you mean --model.probe.tau?"),
+        (["--data.target.train_per_clas=3"], "did you mean --data.target.train_per_class?"),
+        (["--trainer.max_step", "3"], "unknown option --trainer.max_step: did you mean --trainer.max_steps?"),
+        (["--model.evaluation.zzz", "1"], "(valid: w_eval, tau_mode, inverse, match_label_marginal)"),
+    ],
+)
+def test_option_typos_name_the_closest_option(argv, words):
+    from tta.cli._options import check_option_names
+
+    with pytest.raises(TTAInputError) as err:
+        check_option_names(["--config", str(ROOT / "configs" / "demo.yaml"), *argv])
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_valid_options_and_other_model_classes_pass_the_check(tmp_path):
+    from tta.cli._options import check_option_names
+
+    ok = [
+        "--model.transform.steps",
+        "3",
+        "--model.backbone.init_args.image_size",
+        "64",
+        "--data.target.classes=[0]",
+    ]
+    check_option_names(["--config", str(ROOT / "configs" / "demo.yaml"), *ok, "--trainer.max_steps", "3"])
+    other = tmp_path / "cnn.yaml"
+    other.write_text("model:\n  class_path: tta.modules.SmallCNNClassifier\n")
+    check_option_names(["--config", str(other), "--model.lr", "0.1"])  # another class: LightningCLI checks

@@ -58,6 +58,11 @@ def _main(args: list[str] | None) -> None:
         for line in plugin_version_lines():
             print(line)
         return
+    from tta.cli._options import check_option_names, subcommand_argv
+
+    sub, rest = subcommand_argv(argv)
+    if sub in ("fit", "test", "validate", "predict"):
+        check_option_names(rest)  # a typo is one line with the closest option, not LightningCLI's tree
     from tta.cli._lightning import run
 
     run(args)
