@@ -62,6 +62,8 @@ from tta.benchmark._report import (
     correlation_table,
     pair_rows,
     score_rows,
+    summary_columns,
+    summary_rows,
     write_csv,
     write_report,
 )
@@ -120,6 +122,8 @@ __all__ = [
     "run_pair",
     "score_rows",
     "separation",
+    "summary_columns",
+    "summary_rows",
     "term_legend",
     "transformed_predictions",
     "weighted_tau",

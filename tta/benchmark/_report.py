@@ -44,6 +44,8 @@ __all__ = [
     "correlation_table",
     "pair_rows",
     "score_rows",
+    "summary_columns",
+    "summary_rows",
     "write_csv",
     "write_report",
 ]
@@ -345,7 +347,23 @@ def interval_text(value: float, low: float, high: float, digits: int = 3) -> str
     return text
 
 
-def _summary_rows(table: Sequence[dict[str, Any]], truth: str) -> list[list[Any]]:
+def summary_columns(level: str) -> list[str]:
+    """Headers of the pooled-correlation table (``level``: the intervals' confidence, ``"95%"``)."""
+    return [
+        "estimator",
+        "n",
+        "Pearson r",
+        "Kendall τ",
+        f"pooled τ_w [{level} CI]",
+        f"mean per-target τ_w [{level} CI]",
+        "targets",
+        "rel@1",
+        "rel@3",
+    ]
+
+
+def summary_rows(table: Sequence[dict[str, Any]], truth: str) -> list[list[Any]]:
+    """The pooled rows of :func:`correlation_table` for one truth, in :func:`summary_columns` order."""
     rows = []
     for r in table:
         if r["group"] != "pooled" or r["truth"] != truth:
@@ -458,17 +476,7 @@ def _markdown(
     parts = [f"# {summary['title']}", "", f"**Conventions.** {summary['conventions']}", ""]
     boot = summary["bootstrap"]
     level = f"{boot['confidence_level']:.0%}"
-    header = [
-        "estimator",
-        "n",
-        "Pearson r",
-        "Kendall τ",
-        f"pooled τ_w [{level} CI]",
-        f"mean per-target τ_w [{level} CI]",
-        "targets",
-        "rel@1",
-        "rel@3",
-    ]
+    header = summary_columns(level)
     for truth in truths:
         parts += [
             f"## Correlations with `{truth}`: pooled and mean per target",
@@ -477,7 +485,7 @@ def _markdown(
             f"({boot['n_resamples']} resamples, seed {boot['seed']}) over pairs for the pooled τ_w and over "
             "targets (those with at least 3 candidates, counted in `targets`) for the mean per-target τ_w.",
             "",
-            _md_table(header, _summary_rows(table, truth)),
+            _md_table(header, summary_rows(table, truth)),
             "",
         ]
     if truths:

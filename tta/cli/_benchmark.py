@@ -83,7 +83,7 @@ def _print_table(summary: dict, truth: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tta.benchmark._report import interval_text
+    from tta.benchmark._report import _fmt, summary_columns, summary_rows
 
     boot = summary["bootstrap"]
     level = f"{boot['confidence_level']:.0%}"
@@ -92,32 +92,10 @@ def _print_table(summary: dict, truth: str) -> None:
         caption=f"[{level} CI]: percentile bootstrap, {boot['n_resamples']} resamples, seed {boot['seed']}; "
         "pooled τ_w resamples pairs, mean per-target τ_w resamples targets (those with ≥ 3 candidates)",
     )
-    columns = (
-        "estimator",
-        "n",
-        "Pearson r",
-        "Kendall τ",
-        f"pooled τ_w [{level} CI]",
-        f"mean per-target τ_w [{level} CI]",
-        "targets",
-        "rel@1",
-        "rel@3",
-    )
-    for col in columns:
+    for col in summary_columns(level):
         table.add_column(col, justify="left" if col == "estimator" else "right")
-    for r in summary["correlations"]:
-        if r["group"] == "pooled" and r["truth"] == truth:
-            table.add_row(
-                r["estimator"],
-                str(r["n"]),
-                *(f"{r[k]:.3f}" for k in ("pearson", "kendall_tau")),
-                interval_text(r["weighted_tau"], r["weighted_tau_low"], r["weighted_tau_high"]),
-                interval_text(
-                    r["mean_weighted_tau"], r["mean_weighted_tau_low"], r["mean_weighted_tau_high"]
-                ),
-                str(r["mean_weighted_tau_targets"]),
-                *(f"{r[k]:.3f}" for k in ("rel@1", "rel@3")),
-            )
+    for row in summary_rows(summary["correlations"], truth):
+        table.add_row(*(_fmt(v) for v in row))
     Console().print(table)
 
 
