@@ -216,3 +216,21 @@ def test_console_script(populated):
     assert proc.returncode == 0, proc.stderr[-3000:]
     entries = json.loads(proc.stdout)["entries"]
     assert {e["key"] for e in entries} >= set(keys.values()) and len(entries) == 7
+
+
+def test_every_command_ends_with_one_tta_error_line(tmp_path, capsys):
+    """`tta cache`, `tta rank` and `tta benchmark` print the `tta: error:` line of `tta fit` (issue 16)."""
+    from tta.cli._benchmark import main as benchmark_main
+    from tta.cli._rank import main as rank_main
+
+    (tmp_path / "file").write_text("x")
+    long_name = tmp_path / ("deep" * 30) / "missing.yaml"
+    for command, argv in (
+        (main, ["list", "--cache-dir", str(tmp_path / "file")]),
+        (rank_main, ["--target", "digits", "--zoo", "efficientnet_lite0", "digits"]),
+        (benchmark_main, ["--config", str(long_name)]),
+    ):
+        assert command(argv) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("tta: error: "), err

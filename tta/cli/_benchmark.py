@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tta.cli._main import error_line
+
 __all__ = ["build_parser", "main"]
 
 # tta.benchmark._metrics.N_RESAMPLES, written out so that `--help` does not import the package (torch)
@@ -116,7 +118,7 @@ def main(argv: list[str]) -> int:
         try:
             rows, info = read_external(args.external, args.truth, args.lower_is_better)
         except (FileNotFoundError, ValueError) as err:
-            console.print(f"[red]error:[/red] {err}")
+            error_line(err)
             return 2
         out = args.output or Path("runs/benchmark") / args.external.stem
         summary = write_report(
@@ -138,7 +140,7 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(args.config)
     except (FileNotFoundError, BenchmarkConfigError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        error_line(err)
         return 2
     if args.output is not None:
         config.output_dir = str(args.output)
@@ -158,12 +160,12 @@ def main(argv: list[str]) -> int:
             config.output_dir, "the benchmark's output (--output)", fix="pass --output <folder>"
         )
     except TTAInputError as err:
-        console.print(f"[red]error:[/red] {err}")
+        error_line(err)
         return 2
     try:
         run = run_benchmark(config, progress=not args.no_progress and sys.stderr.isatty())
     except PluginNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        error_line(err)
         return 2
     from tta.errors import TTAInterrupted
     from tta.modules._interrupt import Interrupted, SignalGuard

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from tta.cli._main import error_line
 from tta.data._cache import CacheEntry, FeatureCache, default_cache_dir
 
 __all__ = ["build_parser", "format_bytes", "main"]
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 2
     cache = FeatureCache(args.cache_dir)
     if args.cache_dir is not None and cache.root.exists() and not cache.root.is_dir():
-        print(f"tta cache: --cache-dir {cache.root} is a file, not a directory", file=sys.stderr)
+        error_line(f"--cache-dir {cache.root} is a file, not a directory")
         return 2
     if args.command == "list":
         return _list(args, cache, out)

@@ -9,7 +9,7 @@ import traceback
 from tta.errors import TTAError
 from tta.results import versions
 
-__all__ = ["SUBCOMMANDS", "main"]
+__all__ = ["SUBCOMMANDS", "error_line", "main"]
 
 #: ``tta <name> ...`` commands outside LightningCLI: name -> module with ``main(argv) -> int``.
 SUBCOMMANDS = {
@@ -18,6 +18,12 @@ SUBCOMMANDS = {
     "benchmark": "tta.cli._benchmark",
     "rank": "tta.cli._rank",
 }
+
+
+def error_line(message: object) -> None:
+    """Print the one error line every ``tta`` command ends with: ``tta: error: <message>``, unwrapped."""
+    text = " ".join(str(message).split())  # one line, whatever the message holds
+    print(f"tta: error: {text}", file=sys.stderr, flush=True)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -32,7 +38,7 @@ def main(args: list[str] | None = None) -> None:
     except TTAError as error:
         if os.environ.get("TTA_TRACEBACK", "").strip() not in ("", "0"):
             traceback.print_exc()
-        print(f"tta: error: {error}", file=sys.stderr, flush=True)
+        error_line(error)
         raise SystemExit(error.exit_code) from None
     except KeyboardInterrupt:
         print("tta: interrupted", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tta.cli._main import error_line
 from tta.errors import TTAError, TTAInputError
 
 __all__ = ["build_parser", "main", "parse_backbone_item", "parse_task_item"]
@@ -143,7 +144,6 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
     from rich.panel import Panel
 
-    err = Console(stderr=True)
     out = Console()
     if not out.is_terminal:  # piped or captured: wide enough for the table, no wrapping
         out = Console(width=max(out.width, 140))
@@ -158,7 +158,7 @@ def main(argv: list[str]) -> int:
             check_writable_dir(Path(args.json).parent, "the ranking's JSON file (--json)")
         ranking, target_name = _rank(args)
     except (TTAError, ValueError, FileNotFoundError, LookupError) as e:
-        err.print(f"[red]error:[/red] {e}")
+        error_line(e)
         return 2
     if ranking.label_free:
         note = ranking.label_free
