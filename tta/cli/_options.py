@@ -101,7 +101,10 @@ def check_option_names(argv: Sequence[str]) -> None:
         tta.errors.TTAInputError: ``unknown option --model.transform.stpes: did you mean
             --model.transform.steps?``.
     """
-    options = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and "." in a.split("=", 1)[0]]
+    # `--trainer.callbacks+=...` appends to a list: the option is `trainer.callbacks`
+    options = [
+        a[2:].split("=", 1)[0].rstrip("+") for a in argv if a.startswith("--") and "." in a.split("=", 1)[0]
+    ]
     if not options:
         return
     classes = _configured_classes(argv)
