@@ -91,3 +91,19 @@ def test_the_quickstart_one_call_example_runs_verbatim(capsys):
     exec(compile(code, "quickstart.md", "exec"), {})
     out = capsys.readouterr().out
     assert "bound " in out and "trivial level 0.693" in out
+
+
+def test_a_head_at_chance_is_named_in_the_warnings():
+    """A reference head that learned nothing (lr 0: zero logits) is flagged; trained heads are not."""
+    reference, target = _task(3, 40, 6, seed=0), _task(2, 40, 6, seed=1, shift=0.5)
+    untrained = {
+        **FAST,
+        "source_head": HeadConfig(tau=0.2, steps=5, lr=0.0, batch_size=64),
+        "transform": TransformConfig(variant="paper", steps=5, batch_size=60),
+    }
+    result = tta.analyze(reference, target, variant="paper", **untrained)  # logit needs a full-rank W
+    notes = [w for w in result.warnings if "near chance" in w]
+    assert len(notes) == 1 and notes[0].startswith("the reference classifier h_S is near chance")
+    assert "model.source_head.steps" in notes[0] and "majority class 33.3%" in notes[0]
+    trained = tta.analyze(reference, target, **FAST)
+    assert not [w for w in trained.warnings if "near chance" in w]

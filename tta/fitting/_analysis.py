@@ -16,6 +16,7 @@ Phases, in order (one optimiser step per global step):
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -422,13 +423,23 @@ class Analysis(nn.Module):
         z_s, y_s = source_test
         source_acc = float((self.source_head(z_s).argmax(-1) == y_s).float().mean())
         numerics, messages = self._numerical_record()
+        probes = {name: _metrics(values[name]) for name in ("probe", "standard_probe")}
+        y_t = target_test[1]
+        messages = [
+            *messages,
+            *_near_chance("the reference classifier h_S", "source_head", source_acc, y_s, "reference"),
+            *_near_chance("the τ-penalised probe", "probe", probes["probe"].target_acc, y_t, "target"),
+            *_near_chance(
+                "the standard probe", "standard_probe", probes["standard_probe"].target_acc, y_t, "target"
+            ),
+        ]
         self.timings["evaluation"] = time.perf_counter() - started
         timings = {**getattr(features, "timings", {}), **self.fit_timings()}
         return AnalysisResult(
             report=report,
             transformed_classifier=_metrics(values["transformed"]),
-            probe=_metrics(values["probe"]),
-            standard_probe=_metrics(values["standard_probe"]),
+            probe=probes["probe"],
+            standard_probe=probes["standard_probe"],
             source_test_acc=source_acc,
             numerics=numerics,
             warnings=tuple(messages),
@@ -485,3 +496,23 @@ def analyze_features(
     analysis = Analysis.for_features(features, settings, seed, **kwargs)
     analysis.fit(features, callback)
     return analysis, analysis.evaluate(features)
+
+
+def _near_chance(what: str, option: str, accuracy: float, labels: Tensor, split: str) -> list[str]:
+    """A warning when a head's test accuracy is within 10% of the way from chance to perfect.
+
+    Chance is the majority class's share of the test split (``1/K`` when balanced): a head that does
+    not beat it by much was not trained enough (or the task is not separable in these features), and a
+    bound or probe built on it describes the training, not the representation.
+    """
+    if labels.numel() == 0 or not math.isfinite(accuracy):
+        return []
+    counts = torch.bincount(labels.long())
+    chance = float(counts.max()) / labels.numel()
+    if accuracy >= chance + 0.1 * (1.0 - chance):
+        return []
+    return [
+        f"{what} is near chance on the {split} test split ({accuracy:.1%}; majority class {chance:.1%}, "
+        f"{int((counts > 0).sum())} classes): train it longer (model.{option}.steps, model.{option}.lr) or "
+        "check the task, since what follows from it reflects the training, not the representation"
+    ]
