@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -361,7 +362,16 @@ def _cli(args: list[str] | None) -> None:
 
 
 def _checkpoint_hparams(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The hyper-parameters of a checkpoint, loaded with ``weights_only=True`` (one error if unreadable)."""
+    """The hyper-parameters of a checkpoint, loaded with ``weights_only=True`` (one error if unreadable).
+
+    Read once per file version: the config check and the weights-only preflight of one command share it.
+    """
+    stat = Path(path).stat()
+    return dict(_read_hparams(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_hparams(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     import pickle
 
     import torch

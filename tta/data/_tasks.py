@@ -138,6 +138,31 @@ def _generator(seed: int, purpose: str, class_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
+def stratified_split(labels: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices of a stratified, seeded train/test split (see :func:`split_dataset`).
+
+    Args:
+        labels: Class ids, shape ``(n,)``.
+        test_fraction: Fraction of each class for the test split, in (0, 1).
+        seed: Seed of the per-class permutations.
+
+    Returns:
+        ``(train indices, test indices)``, each sorted.
+    """
+    train_idx: list[Tensor] = []
+    test_idx: list[Tensor] = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        n = idx.numel()
+        n_test = round(n * test_fraction)
+        if n >= 2:
+            n_test = min(max(n_test, 1), n - 1)
+        perm = idx[torch.randperm(n, generator=_generator(seed, "split", c))]
+        test_idx.append(perm[:n_test])
+        train_idx.append(perm[n_test:])
+    return torch.sort(torch.cat(train_idx)).values, torch.sort(torch.cat(test_idx)).values
+
+
 def split_dataset(dataset: _D, test_fraction: float, seed: int) -> tuple[_D, _D]:
     """Stratified, seeded train/test split of a dataset without an official one.
 
@@ -152,19 +177,7 @@ def split_dataset(dataset: _D, test_fraction: float, seed: int) -> tuple[_D, _D]
     Returns:
         ``(train, test)``, each with indices in the dataset's order.
     """
-    train_idx: list[Tensor] = []
-    test_idx: list[Tensor] = []
-    for c in torch.unique(dataset.labels).tolist():
-        idx = torch.nonzero(dataset.labels == c).flatten()
-        n = idx.numel()
-        n_test = round(n * test_fraction)
-        if n >= 2:
-            n_test = min(max(n_test, 1), n - 1)
-        perm = idx[torch.randperm(n, generator=_generator(seed, "split", c))]
-        test_idx.append(perm[:n_test])
-        train_idx.append(perm[n_test:])
-    train = torch.sort(torch.cat(train_idx)).values
-    test = torch.sort(torch.cat(test_idx)).values
+    train, test = stratified_split(dataset.labels, test_fraction, seed)
     return dataset.subset(train, split="train"), dataset.subset(test, split="test")
 
 

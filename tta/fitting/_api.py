@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tta.data._pair import FeaturePair, check_features, standardise
+from tta.data._tasks import stratified_split
 from tta.errors import TTAInputError
 from tta.fitting._analysis import AnalysisSettings, analyze_features
 from tta.results import AnalysisResult
@@ -49,20 +50,13 @@ def split_features(
     """
     if not 0.0 < test_fraction < 1.0:
         raise TTAInputError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    g = torch.Generator().manual_seed(seed)
-    train_idx, test_idx = [], []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        if len(idx) < 2:
+    for c, n in zip(*torch.unique(labels, return_counts=True)):
+        if n < 2:
             raise TTAInputError(
-                f"class {c} has {len(idx)} sample: a train/test split needs at least 2 per class "
+                f"class {int(c)} has {int(n)} sample: a train/test split needs at least 2 per class "
                 "(or pass the test split yourself)"
             )
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        k = min(len(idx) - 1, max(1, round(test_fraction * len(idx))))
-        test_idx.append(idx[:k])
-        train_idx.append(idx[k:])
-    tr, te = torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+    tr, te = stratified_split(labels, test_fraction, seed)  # the split of tasks without an official one
     return (features[tr], labels[tr]), (features[te], labels[te])
 
 
