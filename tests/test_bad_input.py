@@ -416,6 +416,67 @@ def test_disk_full_while_writing_results_leaves_nothing_half_written(fails, tmp_
     assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]  # no temporary file
 
 
+def test_disk_full_while_lightning_saves_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Issue 16, item 5: Lightning wrote the checkpoint straight to its final name (a full disk left a
+    truncated ``.ckpt``); the tta CLI's trainer writes it through a temporary file, and ENOSPC is one line."""
+    from lightning.pytorch import Trainer
+
+    from tta.cli._lightning import TTACLI
+    from tta.modules import AtomicCheckpointIO
+    from tta.modules import _checkpoint_io as io_module
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "ckpts" / "epoch=0-step=5.ckpt"
+    io.save_checkpoint({"step": 5, "w": torch.ones(3)}, target)  # a previous, complete checkpoint
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def half_then_full(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 truncated")
+        raise full
+
+    monkeypatch.setattr(io_module.torch, "save", half_then_full)
+    with pytest.raises(
+        TTAError, match=r"disk full while writing the checkpoint to .*epoch=0-step=5\.ckpt"
+    ) as info:
+        io.save_checkpoint({"step": 6}, target)
+    assert "--trainer.default_root_dir" in str(info.value) and info.value.__cause__ is full
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["step"] == 5  # the old checkpoint, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temporary file
+    # the CLI's trainer uses it (unless a config chose its own checkpoint IO)
+    cli = TTACLI.__new__(TTACLI)
+    monkeypatch.setattr(
+        "lightning.pytorch.cli.LightningCLI.instantiate_trainer",
+        lambda self, **kw: Trainer(logger=False, enable_checkpointing=False, accelerator="cpu"),
+    )
+    assert isinstance(cli.instantiate_trainer().strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_full_disk_anywhere_is_one_line(monkeypatch, capsys):
+    """ENOSPC raised where tta has no handler of its own (TensorBoard's event writer, a plugin) is still
+    the one disk-full line, not a traceback (issue 16, item 5); other OS errors keep their traceback."""
+    from tta.cli import _main as cli_main
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/version_0/events.out.tfevents")
+
+    monkeypatch.setattr(cli_main, "_main", full)
+    with pytest.raises(SystemExit) as info:
+        cli_main.main(["fit"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("tta: error: disk full while writing runs/version_0/events.out.tfevents")
+    assert "--trainer.default_root_dir" in err
+
+    def other(args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cli_main, "_main", other)
+    with pytest.raises(OSError, match="Input/output error"):
+        cli_main.main(["fit"])
+
+
 def test_other_write_errors_keep_their_type(tmp_path, monkeypatch):
     from tta.results import _record as results
 
@@ -557,6 +618,15 @@ CLI_CASES = {
         ["--model.transform.label_map_smoothing", "2"],
         ["model.transform.label_map_smoothing must be a number in [0, 1], got 2"],
     ),
+    # Lightning's own refusals (issue 16, item 8): one line, not a MisconfigurationException traceback
+    "negative_max_steps": (
+        ["--trainer.max_steps", "-5"],
+        ["invalid trainer setting", "`max_steps` must be a non-negative integer", "--trainer.*"],
+    ),
+    "gpu_without_gpu": (
+        ["--trainer.accelerator", "gpu"],
+        ["cannot use the requested accelerator", "--trainer.accelerator cpu"],
+    ),
 }
 _NEEDS_WIRING = {
     "unknown_distance": needs_unwrapping,
@@ -566,6 +636,7 @@ _NEEDS_WIRING = {
     "unwritable_log_dir": needs_preflight,
     "negative_head_steps": needs_unwrapping,
     "smoothing_above_one": needs_unwrapping,
+    "gpu_without_gpu": pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
 }
 
 

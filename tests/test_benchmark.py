@@ -434,6 +434,29 @@ def test_harness_on_error_raise(harness, tmp_path):
     assert rerun.computed[0].startswith("lite0_48__")
 
 
+def test_a_broken_pair_record_is_recomputed_not_a_traceback(harness, tmp_path, caplog):
+    """A stored pair record that is a list, a stub or not JSON is computed again (issue 16, item 8)."""
+    import shutil
+
+    config = load_config(TINY)
+    config.output_dir = str(tmp_path / "out")
+    config.cache_dir = str(harness["work"] / "cache")
+    shutil.copytree(harness["out"] / "pairs", tmp_path / "out" / "pairs")
+    files = sorted((tmp_path / "out" / "pairs").glob("*.json"))
+    good = json.loads(files[2].read_text())
+    files[0].write_text("[1, 2, 3]")
+    files[1].write_text(json.dumps({"status": "done", "record_version": good["record_version"]}))
+    files[2].write_text('{"status": "do')
+    with caplog.at_level("WARNING", logger="tta.benchmark._runner"):
+        rerun = runner.run_benchmark(config, progress=False)
+    assert len(rerun.computed) == 3 and not rerun.resumed and not rerun.failed
+    text = caplog.text
+    assert "is not a JSON object" in text and "lacks 'backbone'" in text and "not readable JSON" in text
+    again = runner.run_benchmark(config, progress=False)  # the recomputed records replaced the broken files
+    assert len(again.resumed) == 3 and not again.computed
+    assert json.loads(files[2].read_text())["bound"] == pytest.approx(good["bound"], rel=1e-6)
+
+
 @pytest.mark.slow
 def test_benchmark_bound_equals_tta_fit(harness):
     """Pair 1 of the tiny benchmark is tests/conf/tiny.yaml: `tta fit` must report the same bound."""

@@ -442,6 +442,8 @@ def test_tta_fit_interrupted_during_extraction(fit_runs):
     last = (lines + rest.splitlines())[-1] if rest.strip() else lines[-1]
     assert proc.returncode == 130, "".join(lines) + rest
     assert "interrupted by SIGTERM" in last and "before training started" in last, last
+    logs = work / "extract" / "lightning_logs"  # no empty version folder is left behind (issue 16, item 9)
+    assert not logs.exists() or all(any(p.is_file() for p in v.rglob("*")) for v in logs.iterdir())
     reference = FeatureCache(work / "cache")
     for entry in FeatureCache(cache).scan():
         assert entry.status in ("ok", "partial"), entry

@@ -390,14 +390,43 @@ class BenchmarkRun:
     estimators: list[str] = field(default_factory=list)
 
 
+#: What a stored pair record must hold to be reused (a record missing any is recomputed).
+_RECORD_FIELDS = {
+    "backbone": str,
+    "reference": str,
+    "target": str,
+    "bound": (int, float),
+    "terms": dict,
+    "ground_truth": dict,
+    "estimators": dict,
+    "timings": dict,
+}
+
+
 def _load_record(path: Path) -> dict[str, Any] | None:
+    """A finished pair record of this tta, or ``None`` (then the pair is recomputed and the file replaced).
+
+    A file that is not JSON, not an object, of another record version, unfinished, or missing a field
+    (a stub, a list, a record cut by hand) is never an error: the pair is simply computed again, with
+    a warning naming the file when it is not merely of an older version.
+    """
     import json
 
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
+        log.warning("pair record %s is not readable JSON: the pair is computed again", path)
+        return None
+    if not isinstance(record, dict):
+        log.warning("pair record %s is not a JSON object: the pair is computed again", path)
         return None
     if record.get("status") != "done" or record.get("record_version") != RECORD_VERSION:
+        return None
+    bad = [k for k, kind in _RECORD_FIELDS.items() if not isinstance(record.get(k), kind)]
+    if bad:
+        log.warning(
+            "pair record %s lacks %s: the pair is computed again", path, ", ".join(f"'{k}'" for k in bad)
+        )
         return None
     return record
 

@@ -15,11 +15,13 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tta._preflight import check_writable_dir, find_tta_error, refused_global
 from tta._quiet import LEAFSPEC_DEPRECATION
 from tta.errors import TTAError, TTAInputError, TTAInterrupted
 from tta.modules._analysis import TaskTransferAnalysis
+from tta.modules._checkpoint_io import AtomicCheckpointIO
 from tta.modules._datamodule import TaskPairDataModule
 from tta.modules._interrupt import InterruptCallback, Interrupted, SignalGuard
 from tta.results import AnalysisResult, config_hash, format_result, reading, versions, write_json_atomic
@@ -142,6 +144,13 @@ class TTACLI(LightningCLI):
             if logger.init_args.get("version") is None:
                 logger.init_args["version"] = version
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The trainer, saving checkpoints atomically unless the config chose its own checkpoint IO."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # never truncated; a full disk is one line
+        return trainer
+
     def before_fit(self) -> None:
         self._started = time.perf_counter()
         self._prepare_resume()
@@ -238,6 +247,7 @@ class TTACLI(LightningCLI):
         """The message of a stop that did not happen at a step boundary (during setup, or a second SIGINT)."""
         callback = self._interrupt
         if callback is None or not callback.started:
+            _remove_if_empty(self.trainer.log_dir)  # no version folder without anything in it
             return (
                 f"interrupted by {err.signal_name} before training started (loading data or extracting "
                 "features); rerun the same command to start again (finished feature cache entries are reused)"
@@ -427,3 +437,15 @@ def _canonical_backbone(name: Any) -> str | None:
         except LookupError:
             return name
     return name
+
+
+def _remove_if_empty(folder: str | None) -> None:
+    """Remove ``folder`` (a run's log directory) if it holds no file at any depth; never anything else."""
+    if not folder:
+        return
+    path = Path(folder)
+    if not path.is_dir() or any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+    path.rmdir()

@@ -6,7 +6,7 @@ import os
 import sys
 import traceback
 
-from tta.errors import TTAError
+from tta.errors import TTAError, TTAInputError
 from tta.results import versions
 
 __all__ = ["SUBCOMMANDS", "error_line", "main"]
@@ -30,8 +30,9 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``tta`` console script.
 
     A :class:`~tta.errors.TTAError` (bad input, a wrong name, an interrupted run...) ends the command with
-    its one-line message on stderr and its exit code, without a traceback; set ``TTA_TRACEBACK=1`` to see
-    the traceback as well. Anything else is a bug and keeps its traceback.
+    its one-line message on stderr and its exit code, without a traceback; so does a full disk (ENOSPC,
+    EDQUOT) wherever it is hit. Set ``TTA_TRACEBACK=1`` to see the traceback as well.
+    Anything else is a bug and keeps its traceback.
     """
     try:
         _main(args)
@@ -43,6 +44,19 @@ def main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("tta: interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+    except OSError as error:  # a full disk anywhere (TensorBoard's event files, a plugin's writes...)
+        from tta._preflight import DISK_FULL_ERRNOS
+
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        if os.environ.get("TTA_TRACEBACK", "").strip() not in ("", "0"):
+            traceback.print_exc()
+        where = f" {error.filename}" if error.filename else ""
+        error_line(
+            f"disk full while writing{where} ({error.strerror or error}); free some space, or write "
+            "elsewhere (--trainer.default_root_dir, TTA_CACHE_DIR / --data.cache_dir, --output)"
+        )
+        raise SystemExit(TTAError.exit_code) from None
 
 
 def _main(args: list[str] | None) -> None:
@@ -69,9 +83,27 @@ def _main(args: list[str] | None) -> None:
     sub, rest = subcommand_argv(argv)
     if sub in ("fit", "test", "validate", "predict"):
         check_option_names(rest)  # a typo is one line with the closest option, not LightningCLI's tree
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from tta.cli._lightning import run
 
-    run(args)
+    try:
+        run(args)
+    except MisconfigurationException as err:  # Lightning refused a --trainer.* setting: the user's to fix
+        raise TTAInputError(_trainer_message(err)) from None
+
+
+def _trainer_message(err: Exception) -> str:
+    """Lightning's refusal of a trainer setting as one actionable sentence."""
+    text = " ".join(str(err).split())
+    if "gpu backend" in text.lower() or ("cuda" in text.lower() and "not available" in text.lower()):
+        return (
+            f"the trainer cannot use the requested accelerator ({text}): this machine has no usable GPU; "
+            "use --trainer.accelerator cpu (or auto)"
+        )
+    return (
+        f"invalid trainer setting: {text} (check the --trainer.* options and the config's trainer: section)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

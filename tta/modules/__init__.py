@@ -17,6 +17,7 @@ The implementation modules are private; import from here.
 from tta.data._pair import FeaturePair, check_features
 from tta.modules._analysis import TaskTransferAnalysis
 from tta.modules._backbone_training import SmallCNNClassifier, TaskImageDataModule
+from tta.modules._checkpoint_io import AtomicCheckpointIO
 from tta.modules._datamodule import TaskPairDataModule, extraction_trainer_kwargs
 from tta.modules._extraction import (
     FeatureExtractor,
@@ -30,6 +31,7 @@ from tta.modules._interrupt import InterruptCallback
 from tta.modules._probe import LinearProbe, ProbeMetrics
 
 __all__ = [
+    "AtomicCheckpointIO",
     "FeatureExtractor",
     "FeaturePair",
     "InterruptCallback",
