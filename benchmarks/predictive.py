@@ -70,10 +70,36 @@ def _oracle_rows(base_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _settings(model: Any, variant: str) -> Any:
+    """``model.with_variant(name)`` for ``name[:field=value,...]``, the fields set on its TransformConfig.
+
+    ``logit:label_map_init=matching`` is the logit variant with the class-mean label map; values are read
+    as JSON where they parse (numbers, booleans), else kept as strings.
+    """
+    name, _, overrides = variant.partition(":")
+    settings = model.with_variant(name)
+    fields = {}
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    if fields:
+        settings = dataclasses.replace(settings, transform=dataclasses.replace(settings.transform, **fields))
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "benchmarks" / "offline.yaml"))
-    parser.add_argument("--variants", nargs="+", default=["paper", "logit"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["paper", "logit"],
+        help="bound variants, each NAME or NAME:field=value,... (transform fields), e.g. "
+        "logit:label_map_init=matching",
+    )
     parser.add_argument("--held-out", nargs="*", default=list(DEFAULT_HELD_OUT))
     parser.add_argument(
         "--new-backbones", nargs="*", default=list(DEFAULT_NEW), help="backbones added after exploring"
@@ -103,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, list[dict[str, Any]]] = {}
     failures = []
     for i, variant in enumerate(args.variants):
-        cfg = dataclasses.replace(config, model=config.model.with_variant(variant))
+        cfg = dataclasses.replace(config, model=_settings(config.model, variant))
         out = []
         for pair in config.pairs:
             rec, _, _ = run_pair(pair, cfg, estimators if i == 0 else [], features=features[pair.label])

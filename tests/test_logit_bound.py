@@ -186,3 +186,95 @@ def test_the_variant_needs_a_logit_feature_map_and_the_tta_algorithm():
         )
     with pytest.raises(ValueError, match="tta' algorithm only"):
         TransformConfig(variant="logit", algorithm="faithful")
+
+
+def _candidate_inputs(seed: int, k_s: int, k_t: int):
+    g = torch.Generator().manual_seed(seed)
+    d, n = 6, 20
+    mu_s, mu_t = torch.randn(k_s, d, generator=g), torch.randn(k_t, d, generator=g)
+    labels = torch.arange(k_t).repeat_interleave(n)
+    log_probs = torch.log_softmax(3 * torch.randn(k_t * n, k_s, generator=g, dtype=torch.float64), dim=-1)
+    p_s = torch.rand(k_s, generator=g, dtype=torch.float64) + 0.5
+    p_t = torch.rand(k_t, generator=g, dtype=torch.float64) + 0.5
+    return mu_s, mu_t, log_probs, labels, p_s / p_s.sum(), p_t / p_t.sum()
+
+
+@pytest.mark.parametrize(("seed", "k_s", "k_t"), [(0, 5, 3), (1, 4, 4), (2, 3, 5), (3, 6, 2)])
+def test_every_label_map_candidate_matches_the_target_prior(seed, k_s, k_t):
+    """BD = p_T, B column-stochastic, D a distribution; the assignment is the cheapest injection."""
+    from tta.transforms import label_map_candidates
+
+    mu_s, mu_t, log_probs, labels, p_s, p_t = _candidate_inputs(seed, k_s, k_t)
+    found = label_map_candidates(mu_s, mu_t, log_probs, labels, p_s, p_t)
+    assert set(found) == {"matching", "logit_matching", "nearest"} | ({"assignment"} if k_t <= k_s else set())
+    for prior, label_map in found.values():
+        assert torch.allclose(label_map @ prior, p_t, atol=1e-12)
+        assert torch.allclose(label_map.sum(0), torch.ones(k_s, dtype=torch.float64), atol=1e-12)
+        assert float(prior.sum()) == pytest.approx(1.0) and bool((prior >= 0).all())
+    cost = torch.stack([-log_probs[labels == t].mean(0) for t in range(k_t)], dim=1)  # (K_S, K_T)
+    nearest_prior, nearest_map = found["nearest"]
+    for t in range(k_t):  # every target class sits on its cheapest reference class, and only there
+        s = int(cost[:, t].argmin())
+        assert float(nearest_map[t, s]) > 0 and float(nearest_prior[s]) > 0
+        assert float(nearest_map[t, nearest_prior > 0].sum()) == pytest.approx(float(nearest_map[t, s]))
+    if k_t <= k_s:
+        prior, label_map = found["assignment"]
+        used = torch.nonzero(prior > 0).flatten()
+        assert len(used) == k_t and B.conditional_entropy(label_map, prior) == pytest.approx(0.0, abs=1e-12)
+        chosen = sum(float(p_t[t] * cost[int(label_map[t].mul(prior > 0).argmax()), t]) for t in range(k_t))
+        brute = min(
+            sum(float(p_t[t] * cost[s, t]) for t, s in enumerate(perm))
+            for perm in itertools.permutations(range(k_s), k_t)
+        )
+        assert chosen == pytest.approx(brute, rel=1e-12)
+
+
+def _bound_settings(label_map_init: str) -> AnalysisSettings:
+    settings = _settings()
+    return AnalysisSettings(
+        settings.source_head,
+        settings.probe,
+        settings.standard_probe,
+        TransformConfig(
+            steps=30,
+            batch_size=200,
+            variant="logit",
+            select_every=10,
+            select_points=300,
+            label_map_init=label_map_init,  # type: ignore[arg-type]
+        ),
+        EvalConfig(),
+        "exact",
+        "exact",
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_label_map_chosen_by_the_bound_is_valid_and_no_looser_at_the_start(seed):
+    """label_map_init: bound keeps the lowest-scoring candidate (matching among them), and the bound
+    still covers the classifier it certifies. The target is 4 of the 5 reference classes, so the
+    assignment (D = 0 on the fifth class) is the right one and must win."""
+    s_tr, s_te, t_tr, t_te = make_pair(seed=seed)
+    features = FeaturePair(s_tr, s_te, t_tr, t_te, [f"s{i}" for i in range(5)], [f"t{i}" for i in range(4)])
+    analysis, result = analyze_features(features, _bound_settings("bound"), seed=seed)
+    choice = analysis.transform_phase.label_map_choice
+    assert choice is not None and set(choice["scores"]) == {
+        "matching",
+        "logit_matching",
+        "assignment",
+        "nearest",
+    }
+    assert choice["scores"][choice["chosen"]] == min(choice["scores"].values())
+    assert choice["chosen"] == "assignment"
+    report = result.report
+    assert report.bound >= report.transformed_target_ce and report.transport >= report.transformed_target_ce
+    prior = torch.tensor(report.prior)
+    assert int((prior == 0).sum()) == 1 and report.conditional_entropy == pytest.approx(0.0, abs=1e-9)
+    assert result.label_map_choice == choice
+    _, matched = analyze_features(features, _bound_settings("matching"), seed=seed)
+    assert report.bound <= matched.report.bound + 1e-6
+
+
+def test_the_label_map_chosen_by_the_bound_is_for_the_logit_variant_only():
+    with pytest.raises(ValueError, match="only the logit variant"):
+        TransformConfig(variant="paper", label_map_init="bound")

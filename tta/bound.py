@@ -58,6 +58,7 @@ __all__ = [
     "prior_matching_penalty",
     "safe_log_label_map",
     "sparse_label_map",
+    "sparse_prior",
     "transformed_log_probs",
     "transformed_source_loss",
     "weighted_source_loss",
@@ -465,6 +466,16 @@ def sparse_label_map(label_map: Tensor) -> Tensor:
     r""":math:`B` with entries at or below :data:`LABEL_MAP_ZERO` set to exactly 0, columns renormalised."""
     b = torch.where(label_map > LABEL_MAP_ZERO, label_map, torch.zeros_like(label_map))
     return b / b.sum(dim=0, keepdim=True)
+
+
+def sparse_prior(prior: Tensor) -> Tensor:
+    r""":math:`D` with entries at or below :data:`LABEL_MAP_ZERO` set to exactly 0, renormalised.
+
+    A reference class with :math:`D_s = 0` (a label map chosen by the bound may leave classes unused,
+    :func:`tta.transforms.label_map_candidates`) then takes no part in the logit transport.
+    """
+    d = torch.where(prior > LABEL_MAP_ZERO, prior, torch.zeros_like(prior))
+    return d / d.sum()
 
 
 def label_losses(logits: Tensor, label_map: Tensor) -> Tensor:

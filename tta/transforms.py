@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from tta.bound import log_floor
 
-__all__ = ["MODES", "TaskTransform", "condition_number", "matching_label_map"]
+__all__ = ["MODES", "TaskTransform", "condition_number", "label_map_candidates", "matching_label_map"]
 
 Mode = Literal["learned_all", "learned_a", "fixed_all"]
 FeatureMap = Literal["dense", "logit"]
@@ -95,6 +95,84 @@ def matching_label_map(
     return (plan / plan.sum(dim=1, keepdim=True).clamp_min(1e-300)).T.contiguous()
 
 
+def _hard_label_map(assign: Tensor, fallback: Tensor, target_prior: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The :math:`(D, B)` that sends all of target class :math:`t` to reference class ``assign[t]``.
+
+    :math:`D_s = \sum_{t: s(t) = s} p_T(t)` and :math:`B_{ts} = p_T(t) / D_s` for :math:`s(t) = s`, so
+    :math:`BD = p_T`; a reference class no target class is sent to gets :math:`D_s = 0` and sends what
+    the classifier gives it to target class ``fallback[s]``.
+    """
+    p_t = target_prior.double().cpu()
+    prior = torch.zeros(fallback.numel(), dtype=torch.float64)
+    prior.index_add_(0, assign, p_t)
+    label_map = torch.zeros(p_t.numel(), fallback.numel(), dtype=torch.float64)
+    label_map[torch.arange(p_t.numel()), assign] = p_t / prior[assign]
+    unused = torch.nonzero(prior == 0).flatten()
+    label_map[fallback[unused], unused] = 1.0
+    return prior, label_map
+
+
+def label_map_candidates(
+    source_means: Tensor,
+    target_means: Tensor,
+    target_log_probs: Tensor,
+    target_labels: Tensor,
+    source_prior: Tensor,
+    target_prior: Tensor,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    r"""Candidate pairs :math:`(D, B)` with :math:`BD = p_T`, for choosing the label map by the bound.
+
+    The bound holds for every :math:`(D, B)` with :math:`BD = p_T`, so the candidate with the lowest
+    bound on the training data may be kept (``transform.label_map_init: bound``). With the reference
+    classifier's cost :math:`C_{st} = -\frac{1}{n_t}\sum_{j: t_j = t}\log h_S(z_j)_s` (how badly
+    :math:`h_S` calls target class :math:`t` reference class :math:`s`):
+
+    - ``matching``: :math:`D = p_S`, :math:`B` from optimal transport between the class means
+      (:func:`matching_label_map`);
+    - ``logit_matching``: :math:`D = p_S`, :math:`B` from optimal transport for the cost :math:`C`;
+    - ``assignment`` (only when :math:`K_T \le K_S`): each target class to its own reference class, the
+      assignment of least total cost :math:`\sum_t p_T(t) C_{s(t)t}` (Hungarian algorithm), with
+      :math:`D_{s(t)} = p_T(t)` and :math:`D = 0` on the unused classes: :math:`H(Y_T|Y_S) = 0`;
+    - ``nearest``: each target class to its cheapest reference class, :math:`\arg\min_s C_{st}` (two
+      target classes may share one: then :math:`H(Y_T|Y_S) > 0`).
+
+    In the last two, a reference class left unused (:math:`D_s = 0`) maps to its cheapest target class,
+    :math:`\arg\min_t C_{st}`, in the classifier :math:`B\,h_S` the bound certifies.
+
+    Args:
+        source_means: Class means of the reference features, shape ``(K_S, d)``.
+        target_means: Class means of the target features, shape ``(K_T, d)``.
+        target_log_probs: :math:`\log h_S(z_j)` on the target training points, shape ``(m, K_S)``.
+        target_labels: Their labels, shape ``(m,)``; every target class present.
+        source_prior: ``p_S``, shape ``(K_S,)``.
+        target_prior: ``p_T``, shape ``(K_T,)``.
+
+    Returns:
+        ``{name: (D, B)}`` in float64 on the CPU, ``D`` of shape ``(K_S,)``, ``B`` of shape ``(K_T, K_S)``
+        with exact zeros.
+    """
+    import ot
+    from scipy.optimize import linear_sum_assignment
+
+    k_s, k_t = source_means.shape[0], target_means.shape[0]
+    p_s = source_prior.detach().double().cpu()
+    p_t = target_prior.detach().double().cpu()
+    p_s, p_t = p_s / p_s.sum(), p_t / p_t.sum()
+    log_probs, labels = target_log_probs.detach().double().cpu(), target_labels.detach().cpu()
+    cost = torch.stack([-log_probs[labels == t].mean(0) for t in range(k_t)], dim=1)  # (K_S, K_T)
+    plan = ot.emd(p_s, p_t, cost)
+    out = {
+        "matching": (p_s, matching_label_map(source_means, target_means, p_s, p_t)),
+        "logit_matching": (p_s, (plan / plan.sum(dim=1, keepdim=True).clamp_min(1e-300)).T.contiguous()),
+    }
+    if k_t <= k_s:
+        rows, cols = linear_sum_assignment((cost * p_t).T.numpy())  # rows: target classes, in order
+        assign = torch.as_tensor(cols)[torch.as_tensor(rows).argsort()]
+        out["assignment"] = _hard_label_map(assign, cost.argmin(dim=1), p_t)
+    out["nearest"] = _hard_label_map(cost.argmin(dim=0), cost.argmin(dim=1), p_t)
+    return out
+
+
 class TaskTransform(nn.Module):
     """Learnable transform of a reference task into the target task.
 
@@ -152,12 +230,14 @@ class TaskTransform(nn.Module):
         r"""Initialise :math:`D`.
 
         Args:
-            source_prior: ``p_S``, shape ``(K_S,)``.
+            source_prior: ``p_S``, shape ``(K_S,)``. An exact zero becomes the logit
+                :func:`~tta.bound.log_floor`, which :func:`tta.bound.sparse_prior` reads as an exact zero.
             as_logits: ``True`` (default): logits :math:`\log p_S`, so :math:`D_0 = p_S` exactly.
                 ``False``: logits :math:`p_S` itself, the authors' code (then :math:`D_0 \ne p_S`).
         """
         p = source_prior.to(self.prior_logits)
-        self.prior_logits.copy_(p.clamp_min(1e-30).log() if as_logits else p)
+        logits = p.clamp_min(1e-30).log().masked_fill(p == 0, log_floor(p.dtype)) if as_logits else p
+        self.prior_logits.copy_(logits)
 
     @torch.no_grad()
     def init_label_map(

@@ -452,6 +452,7 @@ class Analysis(nn.Module):
             algorithm=self.settings.transform.algorithm,
             timings=timings,
             data=features.summary() if hasattr(features, "summary") else {},
+            label_map_choice=self.transform_phase.label_map_choice if self.phases else None,
         )
 
     def _numerical_record(self) -> tuple[ConditionRecord, list[str]]:

@@ -50,7 +50,9 @@ class TransformConfig:
             the training data and keep the best transform seen (the initial one included); 0 disables.
         select_points: Points per task in that selection subset.
         label_map_init: ``matching`` (optimal transport between class means; default), ``random``
-            (uniform [0, 1) logits, as the authors) or ``uniform``.
+            (uniform [0, 1) logits, as the authors), ``uniform``, or ``bound`` (``logit`` variant only:
+            at the start of the transform phase, the :math:`(D, B)` of lowest bound on the selection data
+            among :func:`tta.transforms.label_map_candidates`, D included; ``matching`` until then).
         label_map_smoothing: Mixing weight of the uniform map in the ``matching`` initialisation.
         match_label_marginal: Keep BD = p_T exactly by refitting the label-map bias (``tta`` algorithm).
         patience: Convergence-based stopping (``tta`` algorithm with ``select_every > 0``): stop the fit
@@ -86,7 +88,7 @@ class TransformConfig:
     lr_feature_map: float | None = 1e-3
     select_every: int = 25
     select_points: int = 2000
-    label_map_init: Literal["matching", "random", "uniform"] = "matching"
+    label_map_init: Literal["matching", "random", "uniform", "bound"] = "matching"
     label_map_smoothing: float = 0.01
     match_label_marginal: bool = True
     patience: int = 2
@@ -102,6 +104,12 @@ class TransformConfig:
                 "transform.variant 'logit' is learned by the 'tta' algorithm only (the faithful algorithm is "
                 "the authors' steps for the paper's bound): set transform.algorithm: tta"
             )
+        if self.label_map_init == "bound" and self.variant != "logit":
+            raise ValueError(
+                "transform.label_map_init 'bound' chooses a hard label map and a prior with zeros, which "
+                "only the logit variant's bound is made for: set transform.variant: logit, or "
+                "label_map_init: matching"
+            )
 
     def validate(self, where: str = "transform") -> None:
         """Check every field; the error names ``<where>.<field>`` and what it must be.
@@ -115,7 +123,7 @@ class TransformConfig:
         _choice(where, "mode", self.mode, MODES)
         _choice(where, "algorithm", self.algorithm, ("tta", "faithful"))
         _choice(where, "inverse", self.inverse, ("exact", "learned"))
-        _choice(where, "label_map_init", self.label_map_init, ("matching", "random", "uniform"))
+        _choice(where, "label_map_init", self.label_map_init, ("matching", "random", "uniform", "bound"))
         check_integer(where, "steps", self.steps, low=0)
         check_integer(where, "batch_size", self.batch_size, low=1)
         for name in ("lr", "lr_prior"):  # 0 freezes that part of the transform

@@ -100,7 +100,7 @@ def _evaluate_logit(
     t = ev.transform
     (z_s, y_s), (z_t, y_t) = source, target
     k_s, k_t = t.num_source_classes, t.num_target_classes
-    prior = t.prior.double()
+    prior = B.sparse_prior(t.prior.double())
     label_map = B.sparse_label_map(t.label_map.double())
     w, c = head.weight.detach().double(), head.bias.detach().double()
     u_s = z_s.double() @ w.T + c

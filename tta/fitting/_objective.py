@@ -228,7 +228,7 @@ def logit_objective(
 
     z_s, y_s = source
     z_t, y_t = target
-    prior = transform.prior.detach()
+    prior = B.sparse_prior(transform.prior.detach())
     label_map = B.sparse_label_map(transform.label_map.detach())
     src_idx, src_count = sample_by_prior(y_s, prior, config.batch_size, generator)
     tgt_idx, tgt_count = sample_by_prior(y_t, target_prior, config.batch_size, generator)
@@ -423,7 +423,7 @@ def initialise_transform(
     p_s, p_t = B.label_prior(y_s, k_s), B.label_prior(y_t, k_t)
     faithful = config.algorithm == "faithful"
     transform.init_prior(p_s, as_logits=not faithful)
-    if config.label_map_init == "matching":
+    if config.label_map_init in ("matching", "bound"):  # bound: chosen when the head is trained
         mu_s = torch.stack([z_s[y_s == k].mean(0) for k in range(k_s)])
         mu_t = torch.stack([z_t[y_t == k].mean(0) for k in range(k_t)])
         smoothing = 0.0 if config.variant == "logit" else config.label_map_smoothing  # logit: exact zeros

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from tta import bound as B
 from tta.fitting._config import TransformConfig
 from tta.fitting._evaluate import evaluate_bound
 from tta.fitting._heads import follow
-from tta.transforms import TaskTransform
+from tta.transforms import TaskTransform, label_map_candidates
 
-__all__ = ["BestTransform", "is_selection_step", "selection_subset", "selects_best"]
+__all__ = ["BestTransform", "choose_label_map", "is_selection_step", "selection_subset", "selects_best"]
 
 
 def selection_subset(data: tuple[Tensor, Tensor], points: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -132,3 +134,49 @@ def selects_best(config: TransformConfig) -> bool:
 def is_selection_step(config: TransformConfig, step: int) -> bool:
     """Whether the state after transform step ``step`` (0-based) is scored."""
     return (step + 1) % config.select_every == 0 or step + 1 == config.steps
+
+
+@torch.no_grad()
+def choose_label_map(
+    transform: TaskTransform,
+    head: nn.Linear,
+    source: tuple[Tensor, Tensor],
+    target: tuple[Tensor, Tensor],
+    score: Callable[[TaskTransform], float],
+    match_label_marginal: bool = True,
+) -> tuple[str, dict[str, float]]:
+    r"""Set :math:`(D, B)` to the candidate of lowest bound (``transform.label_map_init: bound``).
+
+    The bound holds for every :math:`(D, B)` with :math:`BD = p_T` (docs/method.md), so the choice is free;
+    each candidate of :func:`tta.transforms.label_map_candidates` is written into ``transform`` and scored
+    with the current feature map, and the lowest score is kept (ties: the first, ``matching``).
+
+    Args:
+        transform: The transform (its prior and label-map logits are overwritten).
+        head: The trained reference classifier :math:`h_S`.
+        source: Reference training features and labels.
+        target: Target training features and labels.
+        score: The bound of a transform on the selection data (:meth:`BestTransform.score`).
+        match_label_marginal: Refit the label-map bias to :math:`p_T` after writing each candidate.
+
+    Returns:
+        The chosen candidate's name and every candidate's score.
+    """
+    (z_s, y_s), (z_t, y_t) = source, target
+    k_s, k_t = transform.num_source_classes, transform.num_target_classes
+    p_s, p_t = B.label_prior(y_s, k_s), B.label_prior(y_t, k_t)
+    mu_s = torch.stack([z_s[y_s == k].mean(0) for k in range(k_s)])
+    mu_t = torch.stack([z_t[y_t == k].mean(0) for k in range(k_t)])
+    log_probs = torch.log_softmax(head(z_t), dim=-1)
+    scores: dict[str, float] = {}
+    states: dict[str, dict[str, Tensor]] = {}
+    for name, (prior, label_map) in label_map_candidates(mu_s, mu_t, log_probs, y_t, p_s, p_t).items():
+        transform.init_prior(prior.to(transform.prior_logits))
+        transform.init_label_map(label_map, 0.0)
+        if match_label_marginal:
+            transform.match_label_marginal(p_t)
+        scores[name] = score(transform)
+        states[name] = {k: v.detach().clone() for k, v in transform.state_dict().items()}
+    chosen = min(scores, key=lambda k: (scores[k], list(scores).index(k)))
+    transform.load_state_dict(states[chosen])
+    return chosen, scores

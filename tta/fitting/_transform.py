@@ -21,7 +21,7 @@ from tta.fitting._config import TransformConfig
 from tta.fitting._heads import Backward, _backward, follow
 from tta.fitting._health import ConditionGuard, WarningLog, check_finite_gradients
 from tta.fitting._objective import finish_transform, step_objective, transform_optimizer
-from tta.fitting._selection import BestTransform, is_selection_step, selects_best
+from tta.fitting._selection import BestTransform, choose_label_map, is_selection_step, selects_best
 from tta.transforms import TaskTransform
 
 __all__ = ["TransformFitter", "learn_transform"]
@@ -88,6 +88,8 @@ class TransformFitter:
         #: The first transform step not run, when the phase stopped early (``None``: it ran every step).
         self.stopped_at: int | None = None
         self._class_losses: Tensor | None = None
+        #: ``label_map_init: bound``: the candidate kept and every candidate's selection bound.
+        self.label_map_choice: dict[str, Any] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -111,8 +113,21 @@ class TransformFitter:
         return self._class_losses
 
     def _start(self) -> None:
-        """The initial state: cond(A) and the selection score of step ``-1``."""
+        """The initial state: (D, B) chosen by the bound if configured, cond(A), the score of step -1."""
         with self.warning_log.capture("transform step 0"):
+            if self.config.label_map_init == "bound":
+                scorer = self.best or BestTransform(
+                    self.head, self.source, self.target, self.distance, self.config, self.seed
+                )
+                chosen, scores = choose_label_map(
+                    self.transform,
+                    self.head,
+                    self.source,
+                    self.target,
+                    scorer.score,
+                    self.config.match_label_marginal,
+                )
+                self.label_map_choice = {"chosen": chosen, "scores": scores}
             if self.guard.due(-1):
                 self.guard.check(self.transform, -1)
             if self.best is not None:
@@ -209,6 +224,7 @@ class TransformFitter:
             "started": self.started,
             "finished": self.finished,
             "stopped_at": self.stopped_at,
+            "label_map_choice": self.label_map_choice,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -221,6 +237,7 @@ class TransformFitter:
         self.started = bool(state.get("started", False))
         self.finished = bool(state.get("finished", False))
         self.stopped_at = state.get("stopped_at")
+        self.label_map_choice = state.get("label_map_choice")
 
 
 def learn_transform(

@@ -230,6 +230,8 @@ class AnalysisResult:
         algorithm: ``tta`` or ``faithful``.
         timings: Seconds per phase (and ``selected_step``, ``transform_stopped_at`` when set).
         data: Sizes, class names and fingerprints of the feature splits.
+        label_map_choice: ``transform.label_map_init: bound``: the candidate :math:`(D, B)` kept
+            (``chosen``) and every candidate's bound on the selection data (``scores``); else ``None``.
         schema_version: :data:`SCHEMA_VERSION`.
     """
 
@@ -246,6 +248,7 @@ class AnalysisResult:
     algorithm: str = "tta"
     timings: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    label_map_choice: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -293,6 +296,7 @@ class AnalysisResult:
             "algorithm": self.algorithm,
             "timings": dict(self.timings),
             "data": dict(self.data),
+            "label_map_choice": _plain(self.label_map_choice),
         }
 
     @classmethod
@@ -335,6 +339,7 @@ class AnalysisResult:
                 algorithm=str(data.get("algorithm", "tta")),
                 timings={k: _number(v) for k, v in (data.get("timings") or {}).items()},
                 data=dict(data.get("data") or {}),
+                label_map_choice=data.get("label_map_choice"),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a tta result record: missing or malformed field {err}") from None
