@@ -365,7 +365,7 @@ def _cli(args: list[str] | None) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "description": "tta: Task Transfer Analysis of frozen representations "
-            "(see also `tta plugins|cache|benchmark|rank --help` and `tta --version`)"
+            "(see also `tta plugins|cache|benchmark|rank|configs --help` and `tta --version`)"
         },
         args=args,
     )

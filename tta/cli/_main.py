@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "cache": "tta.cli._cache",
     "benchmark": "tta.cli._benchmark",
     "rank": "tta.cli._rank",
+    "configs": "tta.cli._configs",
 }
 
 
@@ -60,7 +61,13 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _main(args: list[str] | None) -> None:
-    argv = sys.argv[1:] if args is None else args
+    from tta.cli._configs import resolve_config_args
+
+    argv = resolve_config_args(sys.argv[1:] if args is None else args)  # --config demo: a shipped config
+    if args is None:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself
+    else:
+        args = argv
     if argv and argv[0] in SUBCOMMANDS:  # commands of their own: no Lightning parser involved
         import importlib
 
