@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import sys
 import warnings
 from pathlib import Path
 
@@ -334,7 +335,33 @@ def test_cache_default_root(monkeypatch, tmp_path):
     monkeypatch.setenv("TTA_CACHE_DIR", str(tmp_path / "env"))
     assert FeatureCache().root == tmp_path / "env" == default_cache_dir()
     monkeypatch.delenv("TTA_CACHE_DIR")
-    assert default_cache_dir() == Path.home() / ".cache" / "tta" / "features"
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if sys.platform.startswith("linux"):
+        assert default_cache_dir() == Path.home() / ".cache" / "tta" / "features"
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # honoured (platformdirs)
+        assert default_cache_dir() == tmp_path / "xdg" / "tta" / "features"
+
+
+def test_cache_writes_take_a_lock_that_a_second_writer_waits_for(tmp_path):
+    """Two writers of one entry never interleave: the second waits for the lock (filelock)."""
+    import threading
+
+    from filelock import Timeout
+
+    cache = FeatureCache(tmp_path / "c")
+    key = "a" * 64
+    feats, labels = torch.randn(5, 3), torch.arange(5)
+    with cache.lock(key):
+        with pytest.raises(Timeout):
+            cache.lock(key).acquire(timeout=0.2)  # another process (or thread) cannot take it meanwhile
+        done = threading.Event()
+        writer = threading.Thread(target=lambda: (cache.save(key, feats, labels), done.set()))
+        writer.start()
+        assert not done.wait(0.5)  # save() is blocked on the lock
+    writer.join(timeout=30)
+    assert done.is_set() and cache.verify(key) is None
+    assert [e.status for e in cache.scan()] == ["ok"]  # the lock folder is not an entry or a leftover
+    assert (tmp_path / "c" / ".locks").is_dir()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "drop_manifest", "bad_json", "drop_data"])

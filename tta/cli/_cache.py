@@ -5,7 +5,7 @@ split, N×d, size on disk, creation time, status ``ok``/``corrupt``/``partial``)
 ``tta cache clear [--cache-dir DIR] [--backbone B] [--dataset D] [--key PREFIX] [--dry-run] [--json]``
 removes every entry, or those matching all the given filters, plus every leftover of an interrupted
 write or extraction, and reports the bytes freed. The cache directory defaults to ``$TTA_CACHE_DIR``, else
-``~/.cache/tta/features``.
+``$XDG_CACHE_HOME/tta/features`` (``~/.cache/tta/features``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Inspect and prune tta's feature cache: one safetensors file plus a JSON manifest (with a "
             "SHA-256 checksum) per backbone, task and split. Directory: --cache-dir, else $TTA_CACHE_DIR, "
-            f"else ~/.cache/tta/features (now: {default_cache_dir()})."
+            f"else $XDG_CACHE_HOME/tta/features (~/.cache/tta/features) (now: {default_cache_dir()})."
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="{list,clear}")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--cache-dir",
             type=Path,
             default=None,
-            help="the cache directory (default: $TTA_CACHE_DIR, else ~/.cache/tta/features)",
+            help="the cache directory (default: $TTA_CACHE_DIR, else $XDG_CACHE_HOME/tta/features)",
         )
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -21,6 +21,7 @@ it with the other leftovers (``.<name>.<random>.tmp`` files, a data file without
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +46,8 @@ CACHE_FORMAT_VERSION = 1
 
 #: Name prefix of the temporary shard directories of an extraction (one left behind means it was interrupted).
 PARTIAL_PREFIX = ".partial-"
+#: Folder of the cache root holding the per-entry write locks (ignored by scan and clear).
+LOCK_DIR = ".locks"
 #: An entry's key: 64 lowercase hex characters. Files not named after one are never read or removed.
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -53,9 +56,17 @@ _NON_DATA_KWARGS = frozenset({"download"})
 
 
 def default_cache_dir() -> Path:
-    """``$TTA_CACHE_DIR``, else ``~/.cache/tta/features``."""
+    """``$TTA_CACHE_DIR``, else the user cache folder's ``tta/features`` (platformdirs).
+
+    On Linux that is ``$XDG_CACHE_HOME/tta/features``, ``~/.cache/tta/features`` when ``XDG_CACHE_HOME``
+    is unset; on macOS ``~/Library/Caches/tta/features``.
+    """
     env = os.environ.get("TTA_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tta" / "features"
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_cache_path("tta", appauthor=False) / "features"
 
 
 def _canonical_json(obj: Any) -> str:
@@ -173,7 +184,7 @@ class FeatureCache:
     """Cache of ``(features, labels)`` per backbone, task and split.
 
     Args:
-        root: Directory of the cache; default ``$TTA_CACHE_DIR`` or ``~/.cache/tta/features``.
+        root: Directory of the cache; default ``$TTA_CACHE_DIR``, else ``$XDG_CACHE_HOME/tta/features``.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
@@ -365,6 +376,10 @@ class FeatureCache:
             else:
                 path.unlink(missing_ok=True)
             freed += size if not path.exists() else 0
+        locks = self.root / LOCK_DIR
+        (locks / f"{entry.key}.lock").unlink(missing_ok=True)  # its write lock, if it ever had one
+        with contextlib.suppress(OSError):  # only when empty: another entry may be being written
+            locks.rmdir()
         return freed
 
     def manifest(self, key: str) -> dict[str, Any] | None:
@@ -388,8 +403,6 @@ class FeatureCache:
         Returns:
             The manifest path.
         """
-        from safetensors.torch import save_file
-
         if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
             raise ValueError(
                 "expected features (N, d) and labels (N,), got "
@@ -398,6 +411,20 @@ class FeatureCache:
         features = features.detach().to("cpu", torch.float32).contiguous()
         labels = labels.detach().to("cpu", torch.int64).contiguous()
         self.root.mkdir(parents=True, exist_ok=True)
+        with self.lock(key):  # one writer per entry, across processes sharing the cache
+            return self._save(key, features, labels, meta)
+
+    def lock(self, key: str) -> Any:
+        """An inter-process lock of entry ``key`` (:class:`filelock.FileLock`, under ``<root>/.locks/``)."""
+        from filelock import FileLock
+
+        folder = self.root / LOCK_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(folder / f"{key}.lock")
+
+    def _save(self, key: str, features: Tensor, labels: Tensor, meta: dict[str, Any] | None) -> Path:
+        from safetensors.torch import save_file
+
         data_path, manifest_path = self.paths(key)
         manifest_path.unlink(missing_ok=True)  # invalidate any old entry before touching its data
         with atomic_path(data_path) as tmp:

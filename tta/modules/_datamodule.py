@@ -91,7 +91,7 @@ class TaskPairDataModule(pl.LightningDataModule):
     Args:
         reference: The reference (source) task: dataset, class subset, per-class caps, split seed.
         target: The target task.
-        cache_dir: Feature cache directory (default ``$TTA_CACHE_DIR`` or ``~/.cache/tta/features``).
+        cache_dir: Feature cache directory (default ``$TTA_CACHE_DIR``, else the user cache folder).
         use_cache: Read and write the feature cache.
         extract_batch_size: Images per forward pass of the backbone.
         num_workers: Data-loading workers of the feature extraction.
