@@ -4,6 +4,7 @@
 #   1. scripts/setup.sh (the venv in $TTA_VENV, default .venv)
 #   2. ruff check .
 #   3. ruff format --check .
+#   3b. mypy (the public API modules listed under [tool.mypy] in pyproject.toml)
 #   4. sphinx-build -W (warnings are errors) into docs/_build/html
 #   5. python -m pytest PYTEST_ARGS...   (exit code 5, "no tests collected", counts as a failure);
 #      without PYTEST_ARGS every test, the slow ones included (-m "slow or not slow"; a plain
@@ -57,6 +58,7 @@ run_pytest() {
 
 check "ruff check" ruff check .
 check "ruff format" ruff format --check .
+check "mypy" mypy
 check "docs" sphinx-build -W --keep-going -E -q -b html docs docs/_build/html
 if (($# == 0)); then
     check "pytest" run_pytest -m "slow or not slow"

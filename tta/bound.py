@@ -395,6 +395,7 @@ def lipschitz_constant(
                 best = (value, j, flat // norms.shape[1], flat % norms.shape[1])
                 if math.isnan(value):
                     break
+    assert best is not None  # points is not empty
     _, j, row, label = best
     z = points[j][row : row + 1]
     return gradient_norms(z, *args, labels=torch.tensor([label], device=z.device)).squeeze(0)

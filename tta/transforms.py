@@ -185,6 +185,7 @@ class TaskTransform(nn.Module):
 
     #: Largest change of a label-map bias (nats) in one step of :meth:`match_label_marginal`.
     MAX_BIAS_STEP: float = 10.0
+    label_bias: Tensor  # a buffer (fitted, not learned)
 
     def __init__(
         self,

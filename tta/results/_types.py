@@ -264,7 +264,7 @@ class AnalysisResult:
     @property
     def bound_covers_probe_exactly(self) -> bool:
         """Whether B is a hard map, so that the bound covers a classifier of the probe's label space."""
-        return self.report.label_map_is_hard
+        return bool(self.report.label_map_is_hard)
 
     def with_timings(self, **extra: float) -> AnalysisResult:
         """A copy with ``extra`` added to :attr:`timings`."""
