@@ -379,6 +379,7 @@ def test_disk_full_while_writing_the_cache_leaves_no_entry(cnn_weights, tmp_path
 
     from tta.backbones import SmallCNN
     from tta.data import FeatureCache, TaskSpec, get_features
+    from tta.data._cache import LOCK_DIR
 
     def half_written(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 64)  # some bytes made it to disk, then the disk was full
@@ -389,7 +390,9 @@ def test_disk_full_while_writing_the_cache_leaves_no_entry(cnn_weights, tmp_path
     spec = TaskSpec("digits", classes=[0, 1], train_per_class=3, test_per_class=2)
     with pytest.raises(TTAError, match=r"disk full while writing the feature cache entry.*--data.cache_dir"):
         get_features(SmallCNN(str(cnn_weights)), spec, "train", cache=FeatureCache(root), progress=False)
-    assert [p.name for p in root.iterdir() if not p.name.startswith(".partial-")] == []
+    # only the write-lock folder and the staging folder may remain: no entry, no half-written file
+    assert [p.name for p in root.iterdir() if p.name != LOCK_DIR and not p.name.startswith(".partial-")] == []
+    assert FeatureCache(root).scan() == []
 
 
 # ------------------------------------------------------------------------------------------ results

@@ -281,8 +281,10 @@ def test_benchmark_stops_between_pairs_and_resumes(tmp_path, monkeypatch, capsys
             "reference": pair.reference_name,
             "target": pair.target_name,
             "bound": value,
+            "terms": {},
             "ground_truth": {"probe_ce": value, "probe_acc": 1 / value},
             "estimators": {},
+            "timings": {},
         }
         split = (torch.zeros(4, 2), torch.arange(4) % 2)
         return record, FeaturePair(split, split, split, split, ["a", "b"], ["a", "b"]), None
