@@ -220,6 +220,22 @@ def test_rank_command_backbones(cache, tmp_path, capsys):
     assert {r["variant"] for r in logit} == {"logit"}
     assert all(r["bound"] >= r["ground_truth"]["transformed_ce"] for r in logit)
 
+    # --by transformed_acc: the same fits sorted by h‴'s target accuracy, said in the title and the JSON
+    assert rank_main([*args, "--variant", "logit", "--by", "transformed_acc"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ranked by the target accuracy of the transformed reference classifier h‴" in text
+    assert "(logit variant; higher is better)" in text and "h‴ acc" in text
+    by_acc = json.loads(out.read_text())
+    accs = [r["ground_truth"]["transformed_acc"] for r in by_acc["ranking"]]
+    assert by_acc["by"] == "transformed_acc" and accs == sorted(accs, reverse=True)
+    best = by_acc["ranking"][0]
+    assert (
+        f"best candidate: {best['candidate']} (h‴ accuracy {accs[0]:.3f}, bound {best['bound']:.3f})" in text
+    )
+    assert {r["candidate"]: r["bound"] for r in by_acc["ranking"]} == {
+        r["candidate"]: r["bound"] for r in logit
+    }
+
 
 def test_rank_command_label_free_and_errors(cache, capsys):
     args = [
@@ -269,3 +285,30 @@ def test_help(capsys):
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--label-free" in text and "label mismatch dominates" in text
+
+
+def test_rank_candidates_by_transformed_accuracy(tmp_path):
+    """``by="transformed_acc"``: highest h‴ target accuracy first, the why names both accuracies and
+    bounds; the bound, terms and ground truth are those of the default ranking (same fits)."""
+    config = _config(tmp_path)
+    seps = [0.2, 0.5, 1.0, 8.0]  # with these short fits two of them tie on accuracy (2 cores: 0.2 and 1.0)
+    feats, names = [_pair_features(s) for s in seps], [f"sep{s}" for s in seps]
+    by_bound = rank_candidates(_pairs(names), config, "backbones", features=feats)
+    ranking = rank_candidates(_pairs(names), config, "backbones", features=feats, by="transformed_acc")
+    assert ranking.by == "transformed_acc" and by_bound.by == "bound"
+    accs = [r["ground_truth"]["transformed_acc"] for r in ranking.records]
+    assert [r["rank"] for r in ranking.records] == [1, 2, 3, 4] and accs[0] > accs[-1]
+    keys = [(-r["ground_truth"]["transformed_acc"], r["bound"]) for r in ranking.records]
+    assert keys == sorted(keys)  # accuracy first, a tie broken by the bound
+    same = {r["candidate"]: r for r in by_bound.records}
+    for r in ranking.records:
+        assert r["bound"] == same[r["candidate"]]["bound"] and r["terms"] == same[r["candidate"]]["terms"]
+    first, second = ranking.records[:2]
+    assert first["separated_by"] == "transformed_acc"
+    assert first["separation"] == pytest.approx(accs[0] - accs[1])
+    assert first["why"].startswith(
+        f"h‴ accuracy {accs[0]:.3f} vs {accs[1]:.3f} of {second['candidate']}; "
+        f"bound {first['bound']:.3f} vs {second['bound']:.3f}; "
+    ) and ranking.records[-1]["why"].startswith("last; ")
+    with pytest.raises(ValueError, match="by must be one of bound, transformed_acc, got 'probe'"):
+        rank_candidates(_pairs(names), config, "backbones", features=feats, by="probe")

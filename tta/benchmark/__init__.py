@@ -46,6 +46,7 @@ from tta.benchmark._metrics import (
     weighted_tau_interval,
 )
 from tta.benchmark._rank import (
+    RANK_BY,
     TERM_LABELS,
     Ranking,
     explain,
@@ -87,6 +88,7 @@ __all__ = [
     "CONVENTIONS",
     "FIT_STAGES",
     "N_RESAMPLES",
+    "RANK_BY",
     "TERM_LABELS",
     "TRUTHS",
     "TRUTH_CANDIDATES",

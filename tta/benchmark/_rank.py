@@ -19,6 +19,7 @@ from typing import Any
 from tta.benchmark._config import BenchmarkConfig, PairSpec
 
 __all__ = [
+    "RANK_BY",
     "TERM_LABELS",
     "Ranking",
     "explain",
@@ -95,6 +96,26 @@ def separation(better: dict[str, Any], worse: dict[str, Any]) -> tuple[str, floa
     return key, diffs[key], text
 
 
+#: What candidates can be ranked by: key -> (what the table's title says, True when higher is better).
+RANK_BY: dict[str, tuple[str, bool]] = {
+    "bound": ("the tta bound", False),
+    "transformed_acc": ("the target accuracy of the transformed reference classifier h‴", True),
+}
+
+
+def accuracy_separation(better: dict[str, Any], worse: dict[str, Any]) -> str:
+    """Why ``better`` ranks above ``worse`` when candidates are ranked by h‴'s target accuracy.
+
+    Returns:
+        E.g. ``"h‴ accuracy 0.950 vs 0.900 of lite0_64; bound 1.435 vs 1.680"``.
+    """
+    acc = (float(better["ground_truth"]["transformed_acc"]), float(worse["ground_truth"]["transformed_acc"]))
+    return (
+        f"h‴ accuracy {acc[0]:.3f} vs {acc[1]:.3f} of {worse['candidate']}; "
+        f"bound {float(better['bound']):.3f} vs {float(worse['bound']):.3f}"
+    )
+
+
 @dataclass
 class Ranking:
     """The result of :func:`rank_candidates`.
@@ -105,11 +126,13 @@ class Ranking:
         kind: ``backbones`` or ``references`` (what was ranked).
         label_free: ``None`` when the target's labels were used, else how the pseudo-labels were made
             and why.
+        by: What the candidates are sorted by (a key of :data:`RANK_BY`).
     """
 
     records: list[dict[str, Any]]
     kind: str
     label_free: dict[str, Any] | None
+    by: str = "bound"
 
 
 def rank_candidates(
@@ -120,8 +143,9 @@ def rank_candidates(
     pseudo_labels: str = "kmeans",
     num_classes: int | None = None,
     features: Sequence[Any] | None = None,
+    by: str = "bound",
 ) -> Ranking:
-    """Fit the bound of every candidate pair and sort them by it.
+    """Fit the bound of every candidate pair and sort the candidates by it (or by h‴'s accuracy).
 
     Args:
         pairs: One pair per candidate, all with the same target.
@@ -134,13 +158,16 @@ def rank_candidates(
         num_classes: Number of pseudo-classes; default the number of target classes (required when the
             target has no labels).
         features: Precomputed feature pairs, one per candidate (skips extraction).
+        by: ``bound`` (lowest first) or ``transformed_acc``: the target test accuracy of the transformed
+            reference classifier h‴ whose loss the bound certifies (highest first, ties by the bound). The
+            second is a score, not a certificate; docs/benchmark.md measures both.
 
     Returns:
         The :class:`Ranking`.
 
     Raises:
-        ValueError: On an empty zoo, pairs with different targets, an unknown ``pseudo_labels``, or a
-            label-free target without ``num_classes``.
+        ValueError: On an empty zoo, pairs with different targets, an unknown ``pseudo_labels`` or
+            ``by``, or a label-free target without ``num_classes``.
     """
     from tta.benchmark import _labelfree as lf
     from tta.benchmark._runner import fit_bound, run_pair
@@ -149,6 +176,8 @@ def rank_candidates(
         raise ValueError("the zoo is empty: give at least one candidate")
     if len({(p.target_name, repr(p.target)) for p in pairs}) != 1:
         raise ValueError("every candidate must share the same target task")
+    if by not in RANK_BY:
+        raise ValueError(f"by must be one of {', '.join(RANK_BY)}, got {by!r}")
     if pseudo_labels not in ("kmeans", "transformed"):
         raise ValueError(f"pseudo_labels must be 'kmeans' or 'transformed', got {pseudo_labels!r}")
     notes: list[dict[str, Any]] = []
@@ -182,16 +211,26 @@ def rank_candidates(
         key, share, why = explain(record["terms"])
         record["dominant_term"], record["dominant_share"], record["why"] = key, share, why
         records.append(record)
-    records.sort(key=lambda r: r["bound"])
+    if by == "bound":
+        records.sort(key=lambda r: r["bound"])
+    else:
+        records.sort(key=lambda r: (-float(r["ground_truth"]["transformed_acc"]), r["bound"]))
     for i, r in enumerate(records, start=1):
         r["rank"] = i
     for better, worse in itertools.pairwise(records):  # what separates each candidate from the next
-        key, diff, text = separation(better, worse)
-        better["separated_by"], better["separation"], better["why"] = key, diff, text
+        if by == "bound":
+            key, diff, text = separation(better, worse)
+            better["separated_by"], better["separation"], better["why"] = key, diff, text
+        else:
+            better["separated_by"] = "transformed_acc"
+            better["separation"] = float(better["ground_truth"]["transformed_acc"]) - float(
+                worse["ground_truth"]["transformed_acc"]
+            )
+            better["why"] = f"{accuracy_separation(better, worse)}; {better['why']}"
     if records:
         last = records[-1]
         last["why"] = f"last; {last['why']}" if len(records) > 1 else last["why"]
-    return Ranking(records=records, kind=kind, label_free=notes[0] if notes else None)
+    return Ranking(records=records, kind=kind, label_free=notes[0] if notes else None, by=by)
 
 
 def ranking_table(ranking: Ranking, target: str) -> Any:
@@ -199,23 +238,34 @@ def ranking_table(ranking: Ranking, target: str) -> Any:
     from rich.table import Table
 
     variants = sorted({str(r.get("variant", "paper")) for r in ranking.records})
+    what, higher = RANK_BY[ranking.by]
     title = (
-        f"candidate {ranking.kind} for target {target}, ranked by the tta bound "
-        f"({'/'.join(variants)} variant; lower is better)"
+        f"candidate {ranking.kind} for target {target}, ranked by {what} "
+        f"({'/'.join(variants)} variant; {'higher' if higher else 'lower'} is better)"
     )
     if ranking.label_free:
         title += (
             f"\nLABEL-FREE: pseudo-labels from {ranking.label_free['method']}, k={ranking.label_free['k']}"
         )
     table = Table(title=title, show_lines=False)
-    for col in ("rank", "candidate", "bound", "trivial", "source loss", "H(Y_T|Y_S)", "distribution"):
-        table.add_column(
+    for col in (
+        "rank",
+        "candidate",
+        "bound",
+        "trivial",
+        "source loss",
+        "H(Y_T|Y_S)",
+        "distribution",
+        "h‴ acc",
+    ):
+        table.add_column(  # a long candidate name folds over lines instead of being cut short
             col,
             justify="left" if col == "candidate" else "right",
+            overflow="fold" if col == "candidate" else "ellipsis",
         )
     if not ranking.label_free:
         table.add_column("probe acc", justify="right")
-    table.add_column("why (what separates it from the next)", ratio=1, min_width=12)
+    table.add_column("why (what separates it from the next)", ratio=1, min_width=12, overflow="fold")
     for r in ranking.records:
         t = r["terms"]
         row = [
@@ -226,6 +276,7 @@ def ranking_table(ranking: Ranking, target: str) -> Any:
             f"{t['weighted_source_loss']:.3f}",
             f"{t['conditional_entropy']:.3f}",
             f"{t['tau_w1']:.3f}",
+            f"{r['ground_truth']['transformed_acc']:.3f}",
         ]
         if not ranking.label_free:
             row.append(f"{r['ground_truth']['probe_acc']:.3f}")
