@@ -37,9 +37,9 @@ used unless --variant is given.
 
 --by transformed_acc sorts the candidates by the target test accuracy of the transformed reference
 classifier h‴ (the classifier whose loss the bound certifies; same fits, highest first) instead of by
-the bound. On the offline benchmark it predicts a standard linear probe's accuracy better than the bound
-and every baseline (docs/benchmark.md, "Ranking by h‴ accuracy"); it is a score, not a certificate: the
-bound is still computed and shown.
+the bound. On both offline grids it predicts a standard linear probe's accuracy better than the bound
+and every baseline (docs/benchmark.md, "4 Dec 2026: a chosen label map (H6) and a second grid"); it is
+a score, not a certificate: the bound is still computed and shown.
 
 Items of --zoo are backbones (a registry name, optionally with constructor arguments:
 `efficientnet_lite0:image_size=64`, or a backbone named in --config) or reference tasks (a dataset name,
