@@ -236,6 +236,49 @@ def test_checkpoints_are_loaded_with_weights_only(fitted_run, tmp_path):
     assert proc.returncode == 2 and "weights_only=True only" in proc.stderr
 
 
+def test_a_bad_checkpoint_is_one_line(fitted_run, tmp_path):
+    """Missing, a folder, empty, truncated, or of another fit (a tensor of another shape): one
+    `tta: error:` line each, exit 2, naming what is wrong (issue 16, item 8; were tracebacks)."""
+    import torch
+
+    work, _, result, _ = fitted_run
+    good = Path(result["checkpoint"])
+    empty, cut, other = tmp_path / "empty.ckpt", tmp_path / "cut.ckpt", tmp_path / "other.ckpt"
+    empty.write_bytes(b"")
+    cut.write_bytes(good.read_bytes()[:4000])
+    ckpt = torch.load(good, map_location="cpu", weights_only=True)
+    name = next(k for k, v in ckpt["state_dict"].items() if k.startswith("analysis.") and v.ndim == 2)
+    shape = tuple(ckpt["state_dict"][name].shape)
+    ckpt["state_dict"][name] = ckpt["state_dict"][name][:-1]  # as if fitted with one class fewer
+    torch.save(ckpt, other)
+    fewer = ", ".join(str(n) for n in (shape[0] - 1, *shape[1:]))
+    cases = {
+        tmp_path / "missing.ckpt": "does not exist: pass the .ckpt file of a fit",
+        tmp_path: "is a folder: pass the .ckpt file inside it",
+        empty: "cannot be read: it is empty, truncated or not a checkpoint (EOFError)",
+        cut: "cannot be read: it is empty, truncated or not a checkpoint",
+        other: f"does not fit this model: {name} has shape ({fewer}) in the checkpoint but "
+        f"({', '.join(map(str, shape))}) in this model",
+    }
+    for path, message in cases.items():
+        proc = run_tta(
+            "test",
+            "--config",
+            str(TINY),
+            "--ckpt_path",
+            str(path),
+            "--trainer.default_root_dir",
+            str(tmp_path / "runs"),
+            "--data.cache_dir",
+            str(work / "cache"),
+            cwd=work,
+        )
+        assert proc.returncode == 2, (path, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("tta: error:")]
+        assert len(errors) == 1 and f"checkpoint {path} {message}" in errors[0], (path, proc.stderr[-2000:])
+
+
 def test_test_without_a_checkpoint_refuses_an_unfitted_model(fitted_run, tmp_path):
     """`tta test` without --ckpt_path used to print a bound of untrained heads (issue 16, item 7)."""
     work = fitted_run[0]

@@ -6,6 +6,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -169,13 +170,18 @@ class TTACLI(LightningCLI):
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
         except Interrupted as err:
             raise TTAInterrupted(self._interrupted_message(err)) from None
+        except RuntimeError as err:
+            raise _state_dict_error(err, ckpt_path) from None
 
     def test(
         self, model: LightningModule, datamodule: Any = None, ckpt_path: str | None = None, **kw: Any
     ) -> Any:
         """``trainer.test``, loading the checkpoint with ``weights_only=True``."""
         kw["weights_only"] = _weights_only(kw.get("weights_only"), ckpt_path)
-        return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
+        try:
+            return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
+        except RuntimeError as err:
+            raise _state_dict_error(err, ckpt_path) from None
 
     def after_fit(self) -> None:
         # The analysis prints its own result table; other modules (the small CNN) print their test metrics.
@@ -398,7 +404,11 @@ def _read_hparams(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
             "another checkpoint of the fit"
         ) from None
     except (OSError, RuntimeError, EOFError) as err:
-        raise TTAInputError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise TTAInputError(
+            f"checkpoint {path} cannot be read: it is empty, truncated or not a checkpoint ({detail}); "
+            "use another checkpoint of the fit"
+        ) from None
     if not isinstance(ckpt, dict):
         raise TTAInputError(f"checkpoint {path} is not a Lightning checkpoint (a {type(ckpt).__name__})")
     hparams = ckpt.get("hyper_parameters") or {}
@@ -420,9 +430,49 @@ def _weights_only(given: bool | None, ckpt_path: str | os.PathLike[str] | None) 
             "--weights_only false is not supported: tta loads checkpoints with weights_only=True only "
             "(a checkpoint holding other objects could run code when loaded)"
         )
-    if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and Path(ckpt_path).is_file():
+    named = str(ckpt_path) in ("last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:")
+    if ckpt_path and not named:
+        if not Path(ckpt_path).exists():
+            raise TTAInputError(
+                f"checkpoint {ckpt_path} does not exist: pass the .ckpt file of a fit (tta fit writes it "
+                "under <default_root_dir>/<name>/lightning_logs/version_N/checkpoints/; result.json names it)"
+            )
+        if Path(ckpt_path).is_dir():
+            raise TTAInputError(f"checkpoint {ckpt_path} is a folder: pass the .ckpt file inside it")
         _checkpoint_hparams(ckpt_path)  # one line for a checkpoint that is not plain tensors and values
     return True
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[(.*?)\]\)"
+)
+_MISSING = re.compile(r'Missing key\(s\) in state_dict: "([^"]+)"')
+_UNEXPECTED = re.compile(r'Unexpected key\(s\) in state_dict: "([^"]+)"')
+
+
+def _state_dict_error(err: RuntimeError, ckpt_path: Any) -> Exception:
+    """A checkpoint whose tensors do not fit the model, as one line naming the first misfit (else ``err``).
+
+    torch's ``load_state_dict`` error lists every mismatching tensor over many lines under a traceback;
+    the usual cause is a checkpoint of a fit with other tasks (another number of classes) or settings.
+    """
+    text = str(err)
+    if "Error(s) in loading state_dict" not in text:
+        return err
+    fix = (
+        "it is a checkpoint of a fit with other tasks or settings: pass the config it was fitted with "
+        "(config.yaml in its run folder) or a checkpoint of this config's fit"
+    )
+    if m := _SIZE_MISMATCH.search(text):
+        what = f"{m.group(1)} has shape ({m.group(2)}) in the checkpoint but ({m.group(3)}) in this model"
+    elif m := _MISSING.search(text):
+        what = f"it lacks {m.group(1)}, which this model has"
+    elif m := _UNEXPECTED.search(text):
+        what = f"it holds {m.group(1)}, which this model does not have"
+    else:
+        what = text.splitlines()[-1].strip()
+    return TTAInputError(f"checkpoint {ckpt_path} does not fit this model: {what}; {fix}")
 
 
 def _canonical_backbone(name: Any) -> str | None:
