@@ -630,6 +630,24 @@ CLI_CASES = {
         ["--trainer.accelerator", "gpu"],
         ["cannot use the requested accelerator", "--trainer.accelerator cpu"],
     ),
+    # jsonargparse's refusals: one line naming the option, not the usage and a tree of Union alternatives
+    "value_of_wrong_type": (
+        ["--model.transform.steps", "abc"],
+        ["invalid --model.transform.steps: Expected a <class 'int'>. Got value: abc (see tta fit --help)"],
+    ),
+    "trainer_value_of_wrong_type": (
+        ["--trainer.max_epochs", "abc"],
+        ["invalid --trainer.max_epochs: Expected a <class 'int'>"],
+    ),
+    "backbone_argument_typo": (
+        ["--model.backbone.init_args.weights_pth", "x"],
+        ["invalid --model.backbone: Option 'weights_pth' is not accepted"],
+    ),
+    "missing_config_file": (
+        ["--config", "NOPE.yaml"],
+        ["invalid --config: File does not exist", "NOPE.yaml", "tta configs list"],
+    ),
+    "seed_out_of_bounds": (["--seed_everything", "-1"], ["invalid --seed_everything", "0 to 4294967295"]),
 }
 _NEEDS_WIRING = {
     "unknown_distance": needs_unwrapping,

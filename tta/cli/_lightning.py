@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -46,6 +46,50 @@ def _names_class(class_path: object, cls: type) -> bool:
         return getattr(importlib.import_module(module), name, None) is cls
     except ImportError:
         return False
+
+
+class OneLineParser(LightningArgumentParser):
+    """LightningCLI's parser whose errors are one ``tta: error:`` line.
+
+    jsonargparse prints the whole usage, a tip and the tree of every Union alternative it tried (20 lines
+    for ``--model.transform.steps abc``); this raises :class:`~tta.errors.TTAInputError` with the option
+    and the innermost problem instead.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # a parser jsonargparse nests (a class's init_args): its caller reports
+            super().error(message, ex)
+        raise TTAInputError(parser_error_line(message, self.prog.replace(" [options]", ""))) from None
+
+
+_HEADER = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
+_NOISE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")
+
+
+def parser_error_line(message: str, prog: str = "tta fit") -> str:
+    """One sentence for jsonargparse's nested error ``message``: the option and the innermost problem.
+
+    E.g. ``invalid --model.transform.steps: Expected a <class 'int'>. Got value: abc (see tta fit --help)``.
+    """
+    keys: list[str] = []
+    detail = ""
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(_NOISE) or line == "- Expected a <class 'NoneType'>":
+            continue
+        if m := _HEADER.match(line):
+            keys.append(m.group(1))
+            if m.group(2):
+                detail = m.group(2)
+                break
+            continue
+        detail = line.lstrip("- ")
+        break
+    if not keys:
+        return f"{detail or message.strip()} (see {prog} --help)"
+    option = "--" + ".".join(keys)
+    hint = " (a shipped config's name works too: tta configs list)" if keys == ["config"] else ""
+    return f"invalid {option}: {detail or 'not accepted'}{hint} (see {prog} --help)"
 
 
 class TTACLI(LightningCLI):
@@ -340,6 +384,8 @@ def run(args: list[str] | None) -> None:
     except TTAError:
         raise
     except Exception as err:  # jsonargparse wraps constructor errors (a "Union subtypes" ValueError)
+        if isinstance(err, ValueError) and "is not in bounds, numpy accepts" in str(err):
+            raise TTAInputError(f"invalid --seed_everything: {err}") from None  # Lightning's seed check
         found = find_tta_error(err)
         if found is None:
             raise
@@ -369,6 +415,7 @@ def _cli(args: list[str] | None) -> None:
             "deterministic": True,
         },
         save_config_kwargs={"overwrite": True},
+        parser_class=OneLineParser,
         parser_kwargs={
             "description": "tta: Task Transfer Analysis of frozen representations "
             "(see also `tta plugins|cache|benchmark|rank|configs --help` and `tta --version`)"
