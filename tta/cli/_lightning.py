@@ -215,7 +215,9 @@ class TTACLI(LightningCLI):
         except Interrupted as err:
             raise TTAInterrupted(self._interrupted_message(err)) from None
         except RuntimeError as err:
-            raise _state_dict_error(err, ckpt_path) from None
+            if (misfit := _state_dict_error(err, ckpt_path)) is None:
+                raise
+            raise misfit from None
 
     def test(
         self, model: LightningModule, datamodule: Any = None, ckpt_path: str | None = None, **kw: Any
@@ -225,7 +227,9 @@ class TTACLI(LightningCLI):
         try:
             return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
         except RuntimeError as err:
-            raise _state_dict_error(err, ckpt_path) from None
+            if (misfit := _state_dict_error(err, ckpt_path)) is None:
+                raise
+            raise misfit from None
 
     def after_fit(self) -> None:
         # The analysis prints its own result table; other modules (the small CNN) print their test metrics.
@@ -498,15 +502,15 @@ _MISSING = re.compile(r'Missing key\(s\) in state_dict: "([^"]+)"')
 _UNEXPECTED = re.compile(r'Unexpected key\(s\) in state_dict: "([^"]+)"')
 
 
-def _state_dict_error(err: RuntimeError, ckpt_path: Any) -> Exception:
-    """A checkpoint whose tensors do not fit the model, as one line naming the first misfit (else ``err``).
+def _state_dict_error(err: RuntimeError, ckpt_path: Any) -> TTAInputError | None:
+    """A checkpoint whose tensors do not fit the model, as one line naming the first misfit (else ``None``).
 
     torch's ``load_state_dict`` error lists every mismatching tensor over many lines under a traceback;
     the usual cause is a checkpoint of a fit with other tasks (another number of classes) or settings.
     """
     text = str(err)
     if "Error(s) in loading state_dict" not in text:
-        return err
+        return None
     fix = (
         "it is a checkpoint of a fit with other tasks or settings: pass the config it was fitted with "
         "(config.yaml in its run folder) or a checkpoint of this config's fit"
