@@ -7,7 +7,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 
-__all__ = ["LEAFSPEC_DEPRECATION", "quiet_lightning"]
+__all__ = ["LEAFSPEC_DEPRECATION", "drop_lightning_tips", "quiet_keops_on_cpu", "quiet_lightning"]
 
 #: Lightning's own use of a deprecated torch pytree API: nothing a user can act on.
 LEAFSPEC_DEPRECATION = r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"
@@ -35,3 +35,40 @@ def quiet_lightning(
     finally:
         for lg, old in saved:
             lg.setLevel(old)
+
+
+#: Loggers Lightning's ``rank_zero_info`` writes to (the fabric one, and the pytorch one where it rebinds it).
+_RANK_ZERO_LOGGERS = ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising lines (``💡 Tip: ... try installing litlogger/litmodels``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith("💡 Tip")
+
+
+def drop_lightning_tips() -> None:
+    """Filter Lightning's "💡 Tip" lines out of its rank-zero loggers (idempotent)."""
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
+def quiet_keops_on_cpu(environ: dict[str, str] | None = None) -> None:
+    """Set ``KEOPS_VERBOSE=0`` on a machine without a CUDA device, unless the user set it.
+
+    KeOps prints "[KeOps] Warning : CUDA libraries not found or could not be loaded; Switching to CPU only."
+    whenever it is imported there: nothing to act on (tta's KeOps check reports on KeOps when a run asks
+    for its backend). Call before anything imports pykeops or geomloss.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    if "KEOPS_VERBOSE" in env:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        env["KEOPS_VERBOSE"] = "0"

@@ -417,6 +417,7 @@ def _cli(args: list[str] | None) -> None:
             "log_every_n_steps": 1,
             "default_root_dir": "runs",
             "deterministic": True,
+            "enable_model_summary": False,  # a table of the frozen backbone's parameters: noise here
         },
         save_config_kwargs={"overwrite": True},
         parser_class=OneLineParser,
