@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -10,6 +11,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -63,7 +65,14 @@ class OneLineParser(LightningArgumentParser):
 
 
 _HEADER = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
-_NOISE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")
+_NOISE = (
+    "Does not validate",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "- Problem with given class_path",
+    "- Expected a <class 'NoneType'>",
+)
 
 
 def parser_error_line(message: str, prog: str = "tta fit") -> str:
@@ -75,7 +84,7 @@ def parser_error_line(message: str, prog: str = "tta fit") -> str:
     detail = ""
     for raw in message.splitlines():
         line = raw.strip()
-        if not line or line.startswith(_NOISE) or line == "- Expected a <class 'NoneType'>":
+        if not line or line.startswith(_NOISE):
             continue
         if m := _HEADER.match(line):
             keys.append(m.group(1))
@@ -211,25 +220,18 @@ class TTACLI(LightningCLI):
             ckpt_path = self._resume["checkpoint"]
         kw["weights_only"] = _weights_only(kw.get("weights_only"), ckpt_path)
         try:
-            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
+            with _misfit_as_one_line(ckpt_path):
+                self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
         except Interrupted as err:
             raise TTAInterrupted(self._interrupted_message(err)) from None
-        except RuntimeError as err:
-            if (misfit := _state_dict_error(err, ckpt_path)) is None:
-                raise
-            raise misfit from None
 
     def test(
         self, model: LightningModule, datamodule: Any = None, ckpt_path: str | None = None, **kw: Any
     ) -> Any:
         """``trainer.test``, loading the checkpoint with ``weights_only=True``."""
         kw["weights_only"] = _weights_only(kw.get("weights_only"), ckpt_path)
-        try:
+        with _misfit_as_one_line(ckpt_path):
             return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, **kw)
-        except RuntimeError as err:
-            if (misfit := _state_dict_error(err, ckpt_path)) is None:
-                raise
-            raise misfit from None
 
     def after_fit(self) -> None:
         # The analysis prints its own result table; other modules (the small CNN) print their test metrics.
@@ -501,6 +503,20 @@ _SIZE_MISMATCH = re.compile(
 )
 _MISSING = re.compile(r'Missing key\(s\) in state_dict: "([^"]+)"')
 _UNEXPECTED = re.compile(r'Unexpected key\(s\) in state_dict: "([^"]+)"')
+
+
+@contextlib.contextmanager
+def _misfit_as_one_line(ckpt_path: Any) -> Iterator[None]:
+    """Within the block, torch's ``load_state_dict`` error for ``ckpt_path`` becomes one TTAInputError.
+
+    Any other RuntimeError passes through untouched (with its cause chain, which find_tta_error walks).
+    """
+    try:
+        yield
+    except RuntimeError as err:
+        if (misfit := _state_dict_error(err, ckpt_path)) is None:
+            raise
+        raise misfit from None
 
 
 def _state_dict_error(err: RuntimeError, ckpt_path: Any) -> TTAInputError | None:

@@ -68,14 +68,13 @@ def _main(args: list[str] | None) -> None:
         sys.argv[1:] = argv  # LightningCLI reads sys.argv itself
     else:
         args = argv
+    if not argv or argv[0] not in SUBCOMMANDS or argv[0] in ("rank", "benchmark"):  # the ones that fit
+        from tta._quiet import drop_lightning_tips, quiet_keops_on_cpu
+
+        quiet_keops_on_cpu()  # its "CUDA libraries not found ... CPU only" line is noise on a CPU machine
+        drop_lightning_tips()  # Lightning's "💡 Tip: try installing litlogger" lines
     if argv and argv[0] in SUBCOMMANDS:  # commands of their own: no Lightning parser involved
         import importlib
-
-        if argv[0] in ("rank", "benchmark"):  # they fit (and may import KeOps): the same quieting
-            from tta._quiet import drop_lightning_tips, quiet_keops_on_cpu
-
-            quiet_keops_on_cpu()
-            drop_lightning_tips()
 
         module = importlib.import_module(SUBCOMMANDS[argv[0]])
         code = module.main(argv[1:])
@@ -91,11 +90,8 @@ def _main(args: list[str] | None) -> None:
         for line in plugin_version_lines():
             print(line)
         return
-    from tta._quiet import drop_lightning_tips, quiet_keops_on_cpu
     from tta.cli._options import check_option_names, subcommand_argv
 
-    quiet_keops_on_cpu()  # its "CUDA libraries not found ... CPU only" line is noise on a CPU machine
-    drop_lightning_tips()  # Lightning's "💡 Tip: try installing litlogger" lines
     sub, rest = subcommand_argv(argv)
     if sub in ("fit", "test", "validate", "predict"):
         check_option_names(rest)  # a typo is one line with the closest option, not LightningCLI's tree
